@@ -1,0 +1,35 @@
+"""Session-wide fixtures: one real predictor process shared by every test that needs one.
+
+Tests that must kill or restart a server start their own with ``tests.support.server``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.server import DEFAULT_MODEL_DIR, ServerProcess, start_runtime
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The default model folder prepared by ``make model``."""
+    path = os.environ.get("TEST_MODEL_DIR", str(DEFAULT_MODEL_DIR))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        pytest.fail(f"{path} holds no model: run `make model` first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def predictor(model_dir: str) -> Iterator[ServerProcess]:
+    """The real ``python -m runtime`` with SmolLM2, started once per test session.
+
+    ``predictor.url`` is its HTTP base URL, ``predictor.grpc_port`` its gRPC port.
+    """
+    server = start_runtime(model_dir=model_dir, name="predictor")
+    try:
+        yield server
+    finally:
+        server.stop()
