@@ -1,0 +1,125 @@
+"""The explanation pipeline, independent of KServe: request in, explanation JSON out.
+
+Why separate from the server: it is the whole behaviour of the ``:explain`` route (validation,
+features, the response to explain, the method, faithfulness, HTML) and can be exercised
+without ``import kserve``; ``explainers.server`` only adapts it to a ``kserve.Model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from explainers.errors import ClientError
+from explainers.faithfulness import deletion_test
+from explainers.features import prepare_prompt
+from explainers.heatmap import render_heatmap
+from explainers.methods.base import AttributionTask, ExplanationMethod
+from explainers.predictor import PredictorClient, ScoreStats
+from explainers.request import ExplainRequest, int_param, parse_request, split_instances
+
+DEFAULT_MAX_TOKENS = 64
+
+
+@dataclass
+class Limits:
+    """Server-side caps a request cannot raise."""
+
+    max_budget: int = 1024
+    max_features: int = 1024
+    max_new_tokens: int = 256
+
+
+class Explainer:
+    """Explains the predictor's answers with the loaded methods."""
+
+    def __init__(self, tokenizer: Any, client: PredictorClient,
+                 methods: dict[str, ExplanationMethod], limits: Limits | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.client = client
+        self.methods = methods
+        self.limits = limits or Limits()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The loaded methods, for the listing route."""
+        return [m.describe() | {"name": name} for name, m in sorted(self.methods.items())]
+
+    async def explain_body(self, body: Any) -> dict[str, Any]:
+        """Answer an explain request body: one object, or KServe's ``{"instances": [...]}``."""
+        requests = [parse_request(obj) for obj in split_instances(body)]
+        for req in requests:
+            self._method(req)  # refuse unknown methods before any work
+        results = [await self.explain(req) for req in requests]
+        return {"explanations": results}
+
+    def _method(self, req: ExplainRequest) -> ExplanationMethod:
+        method = self.methods.get(req.method)
+        if method is None:
+            raise ClientError(f"unknown method {req.method!r}; available: "
+                              f"{', '.join(sorted(self.methods))}")
+        if req.granularity not in method.granularities:
+            raise ClientError(f"method {req.method!r} does not support granularity "
+                              f"{req.granularity!r}; it supports "
+                              f"{', '.join(sorted(method.granularities))}")
+        return method
+
+    async def explain(self, req: ExplainRequest) -> dict[str, Any]:
+        """One explanation."""
+        started = time.perf_counter()
+        method = self._method(req)
+        prompt = prepare_prompt(self.tokenizer, prompt=req.prompt, messages=req.messages,
+                                granularity=req.granularity)
+        n = len(prompt.features)
+        budget = int_param(req.params, "budget", self.limits.max_budget, minimum=1,
+                           maximum=self.limits.max_budget)
+        if n > self.limits.max_features:
+            raise ClientError(f"the prompt has {n} features at granularity "
+                              f"{req.granularity!r}; the limit is {self.limits.max_features}")
+        cost = method.cost(n, req.params)
+        if cost > budget:
+            raise ClientError(
+                f"method {req.method!r} needs {cost} forward passes for {n} features at "
+                f"granularity {req.granularity!r}, over the budget of {budget}; use a coarser "
+                f"granularity or raise params.budget (at most {self.limits.max_budget})")
+        stats = ScoreStats()
+        response = req.response
+        if response is None:
+            max_tokens = int_param(req.params, "max_new_tokens", DEFAULT_MAX_TOKENS,
+                                   maximum=self.limits.max_new_tokens)
+            response = await self.client.generate(prompt.ids, max_tokens)
+            if not response.strip():
+                raise ClientError("the predictor's answer is empty; pass a 'response' to explain")
+        response_ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        [baseline] = await self.client.score([prompt.ids], response_ids, stats)
+        task = AttributionTask(prompt=prompt, response_ids=response_ids, baseline=baseline,
+                               params=req.params, client=self.client, stats=stats)
+        attribution = await method.explain(task)
+        if len(attribution.seq_attr) != n:
+            raise RuntimeError(f"method {req.method!r} returned {len(attribution.seq_attr)} "
+                               f"scores for {n} features")
+        faithfulness = await deletion_test(task, attribution.seq_attr)
+        out: dict[str, Any] = {
+            "method": req.method,
+            "granularity": req.granularity,
+            "input_features": [f.to_json() for f in prompt.features],
+            "response": response,
+            "output_tokens": [
+                {"text": self.tokenizer.decode([tok]), "logprob": lp}
+                for tok, lp in zip(response_ids, baseline, strict=True)],
+            "seq_attr": [float(x) for x in attribution.seq_attr],
+            "baseline_logprob": float(sum(baseline)),
+            "faithfulness": faithfulness,
+        }
+        if attribution.token_attr is not None:
+            out["token_attr"] = attribution.token_attr
+        if attribution.extra:
+            out["method_info"] = attribution.extra
+        out["stats"] = stats.to_json() | {
+            "wall_ms": round((time.perf_counter() - started) * 1000, 1)}
+        if req.html:
+            out["html"] = await asyncio.to_thread(
+                render_heatmap, prompt, out["seq_attr"], method=req.method,
+                granularity=req.granularity, response=response, faithfulness=faithfulness)
+        return out

@@ -1,0 +1,1 @@
+"""Attribution methods: the interface (``base``), the loader (``registry``), and the shipped ones."""

@@ -1,0 +1,105 @@
+"""The interface every attribution method implements, built-in or third-party.
+
+Why a small interface: a method only decides *which* perturbed prompts to score (or, for a
+white-box method, runs the model itself) and how to turn scores into one number per feature.
+Tokenizing, feature building, talking to the predictor, budgets, faithfulness and rendering are
+the server's job, so a plugin is a few dozen lines. See docs/explainer.md, "Writing a plugin".
+
+A plugin is a subclass of ``ExplanationMethod`` registered under the entry-point group
+``kserve_llm.explainer_methods``; the entry-point name is the ``method`` clients send.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from explainers.features import PreparedPrompt
+from explainers.predictor import PredictorClient, ScoreStats
+
+ALL_GRANULARITIES: frozenset[str] = frozenset({"token", "word", "sentence", "message"})
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Server-wide settings handed to every method when the server loads it."""
+
+    model_dir: str
+    tokenizer: Any
+
+
+@dataclass
+class AttributionTask:
+    """One explanation to compute: the prompt with its features, the response, and a scorer.
+
+    ``score_removals`` is the black-box primitive: give it sets of feature indices, get back
+    the response log-probability (sum, and per response token) with those features removed.
+    Pass all the sets you need in one call: they go to the predictor together and are batched.
+    """
+
+    prompt: PreparedPrompt
+    response_ids: list[int]
+    baseline: list[float]
+    params: dict[str, Any]
+    client: PredictorClient
+    stats: ScoreStats
+
+    @property
+    def num_features(self) -> int:
+        return len(self.prompt.features)
+
+    @property
+    def baseline_logprob(self) -> float:
+        return float(sum(self.baseline))
+
+    async def score_removals(self, removals: Sequence[set[int]]) -> list[list[float]]:
+        """Per response token log-probs with each set of features removed, in order."""
+        prompts = [self.prompt.without(set(r)) for r in removals]
+        return await self.client.score(prompts, self.response_ids, self.stats)
+
+
+@dataclass
+class Attribution:
+    """A method's result: one score per feature (positive: the feature raises the response's
+    log-probability), optionally one row per response token, plus method-specific extras."""
+
+    seq_attr: list[float]
+    token_attr: list[list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExplanationMethod(ABC):
+    """Base class of attribution methods.
+
+    Class attributes:
+        name: the method name clients send (should equal the entry-point name).
+        granularities: the feature granularities the method supports.
+        description: one line shown in the method listing.
+        params_doc: the ``params`` the method reads, name -> meaning (for the listing).
+    """
+
+    name: ClassVar[str]
+    granularities: ClassVar[frozenset[str]] = ALL_GRANULARITIES
+    description: ClassVar[str] = ""
+    params_doc: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, settings: MethodSettings) -> None:
+        self.settings = settings
+
+    def cost(self, num_features: int, params: dict[str, Any]) -> int:
+        """Forward passes the method will need; the server refuses requests over budget.
+
+        Raise ``explainers.errors.ClientError`` here for invalid ``params``.
+        """
+        return num_features
+
+    @abstractmethod
+    async def explain(self, task: AttributionTask) -> Attribution:
+        """Compute the attribution of ``task.response_ids`` to ``task.prompt.features``."""
+
+    def describe(self) -> dict[str, Any]:
+        """The method as listed by ``GET /v1/explainer/methods``."""
+        return {"name": self.name, "granularities": sorted(self.granularities),
+                "description": self.description, "params": dict(self.params_doc)}

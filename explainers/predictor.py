@@ -1,0 +1,170 @@
+"""The explainer's client for the predictor's OpenAI completions API.
+
+Why: black-box methods need one number per perturbed prompt, the log-probability of the
+response under it. vLLM returns it as ``prompt_logprobs`` of a completion request whose prompt
+is the perturbed prompt followed by the response tokens. All perturbations of one explanation
+go out as lists of token-id prompts (``chunk_size`` per request, the requests concurrently), so
+vLLM's continuous batching scores them together instead of one request after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from explainers.errors import ClientError, PredictorError, PredictorTimeout, PredictorUnreachable
+
+# Tried in order; the first one that exists (not 404) decides readiness. The project's runtime
+# answers /v2/health/ready (engine state); plain vLLM answers /health.
+HEALTH_PATHS = ("/v2/health/ready", "/health")
+
+
+def base_url(predictor_host: str) -> str:
+    """``HOST[:PORT]`` (what the KServe controller passes) or a full URL, as a base URL."""
+    host = predictor_host.strip().rstrip("/")
+    if not host:
+        raise ValueError("predictor host is empty")
+    return host if "://" in host else f"http://{host}"
+
+
+@dataclass
+class ScoreStats:
+    """What an explanation cost on the predictor."""
+
+    forward_passes: int = 0
+    tokens_scored: int = 0
+    requests: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"forward_passes": self.forward_passes, "tokens_scored": self.tokens_scored,
+                "predictor_requests": self.requests}
+
+
+@dataclass
+class PredictorClient:
+    """Async HTTP client for one predictor: scoring, generation, and readiness probes."""
+
+    url: str
+    model: str
+    timeout: float = 120.0
+    chunk_size: int = 64
+    api_prefix: str = "/v1"
+    _client: httpx.AsyncClient | None = field(default=None, repr=False)
+    _ready_cache: tuple[float, bool] = (0.0, False)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=10.0),
+                limits=httpx.Limits(max_connections=32),
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def is_ready(self, cache_seconds: float = 1.0) -> bool:
+        """Whether the predictor answers its readiness route (cached briefly for probes)."""
+        checked_at, ok = self._ready_cache
+        if time.monotonic() - checked_at < cache_seconds:
+            return ok
+        ok = False
+        for path in HEALTH_PATHS:
+            try:
+                r = await self.client.get(path, timeout=3.0)
+            except httpx.HTTPError:
+                break
+            if r.status_code != 404:
+                ok = r.status_code == 200
+                break
+        self._ready_cache = (time.monotonic(), ok)
+        return ok
+
+    async def generate(self, prompt_ids: list[int], max_tokens: int) -> str:
+        """The predictor's greedy (temperature 0) answer to a prompt, as text."""
+        body = {"model": self.model, "prompt": prompt_ids, "max_tokens": max_tokens,
+                "temperature": 0}
+        data = await self._post(body)
+        return data["choices"][0]["text"]
+
+    async def score(self, prompts: list[list[int]], response: list[int],
+                    stats: ScoreStats) -> list[list[float]]:
+        """Per response token log-probabilities of ``response`` after each prompt.
+
+        One entry per prompt, each of ``len(response)`` floats, in the order of ``prompts``.
+        """
+        if not prompts:
+            return []
+        chunks = [prompts[i:i + self.chunk_size] for i in range(0, len(prompts), self.chunk_size)]
+        results = await asyncio.gather(*(self._score_chunk(c, response) for c in chunks))
+        stats.forward_passes += len(prompts)
+        stats.tokens_scored += sum(len(p) + len(response) for p in prompts)
+        stats.requests += len(chunks)
+        return [row for chunk in results for row in chunk]
+
+    async def _score_chunk(self, prompts: list[list[int]],
+                           response: list[int]) -> list[list[float]]:
+        n = len(response)
+        body = {"model": self.model, "prompt": [p + response for p in prompts], "max_tokens": 1,
+                "temperature": 0, "prompt_logprobs": 0}
+        data = await self._post(body)
+        choices = sorted(data.get("choices", []), key=lambda c: c["index"])
+        if len(choices) != len(prompts):
+            raise PredictorError(
+                f"predictor returned {len(choices)} choices for {len(prompts)} prompts"
+            )
+        rows = []
+        for choice in choices:
+            plp = choice.get("prompt_logprobs")
+            if not plp or len(plp) < n + 1:
+                raise PredictorError("predictor returned no prompt_logprobs; the explainer "
+                                     "needs a vLLM-based predictor")
+            row = []
+            for entry, tok in zip(plp[-n:], response, strict=True):
+                item = entry.get(str(tok)) if entry else None
+                if item is None:
+                    raise PredictorError("prompt_logprobs lack the response token's entry")
+                row.append(float(item["logprob"]))
+            rows.append(row)
+        return rows
+
+    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"{self.api_prefix}/completions"
+        try:
+            r = await self.client.post(path, json=body)
+        except httpx.TimeoutException as exc:
+            raise PredictorTimeout(
+                f"the predictor at {self.url} did not answer within {self.timeout:g} s "
+                f"({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise PredictorUnreachable(
+                f"cannot reach the predictor at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if r.status_code == 400:
+            raise ClientError(f"the predictor refused the request: {_error_text(r)}")
+        if r.status_code != 200:
+            raise PredictorError(
+                f"the predictor answered {r.status_code} on {path}: {_error_text(r)}"
+            )
+        return r.json()
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        data = r.json()
+    except ValueError:
+        return r.text[:500]
+    if isinstance(data, dict):
+        err = data.get("error", data.get("message", data))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        return str(err)[:500]
+    return str(data)[:500]
