@@ -1,0 +1,178 @@
+"""Command-line flags shared by ``run`` and ``side-by-side``, and the ``run`` command itself.
+
+Why shared: ``side-by-side`` is ``run`` against two servers it starts itself, so both take
+the same load and workload flags and produce the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.clients import APIS, Sampling, Target
+from benchmarks.load import Load
+from benchmarks.metrics import parse_goodput
+from benchmarks.records import RequestRecord
+from benchmarks.report import environment, write_all
+from benchmarks.runner import RunPlan, RunResult, run
+from benchmarks.workload import Prompt, build_prompts, load_tokenizer
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    return parse
+
+
+def add_load_flags(p: argparse.ArgumentParser) -> None:
+    """Load, workload, sampling and output flags (``run`` and ``side-by-side``)."""
+    g = p.add_argument_group("load")
+    g.add_argument("--api", type=_csv(str), default=["openai-chat"],
+                   help=f"comma list of: {', '.join(APIS)}")
+    g.add_argument("--concurrency", type=_csv(int), default=None,
+                   help="closed loop: comma list of concurrencies, e.g. 1,8,32")
+    g.add_argument("--request-rate", type=_csv(float), default=None,
+                   help="open loop: comma list of request rates (req/s), e.g. 2,8 (inf: all)")
+    g.add_argument("--burstiness", type=float, default=1.0,
+                   help="gamma shape of inter-arrival times: 1 Poisson, <1 burstier")
+    g.add_argument("--num-prompts", type=int, default=32, help="requests per load point")
+    g.add_argument("--warmup", type=int, default=2, help="warm-up requests per target and API")
+    g.add_argument("--repeats", type=int, default=1, help="repeats of every load point")
+    g.add_argument("--seed", type=int, default=0, help="fixes prompts and arrival times")
+    g.add_argument("--goodput", nargs="*", default=None, metavar="SLO",
+                   help="SLOs for goodput, e.g. ttft:500 tpot:100 (ms)")
+    g.add_argument("--request-timeout", type=float, default=600.0)
+    w = p.add_argument_group("workload")
+    w.add_argument("--dataset", choices=("random", "jsonl", "sharegpt"), default="random")
+    w.add_argument("--dataset-path", default=None)
+    w.add_argument("--input-len", type=int, default=128, help="random prompts: tokens in")
+    w.add_argument("--output-len", type=int, default=64, help="tokens out (max_tokens)")
+    w.add_argument("--temperature", type=float, default=0.0)
+    w.add_argument("--no-ignore-eos", action="store_true",
+                   help="let requests stop at EOS (default: always produce --output-len)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, required=True, help="directory for the results")
+    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-plots", action="store_true")
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of ``run``: targets, model and tokenizer."""
+    p.add_argument("--target", action="append", required=True, metavar="NAME=URL",
+                   help="a server to drive (repeatable), e.g. runtime=http://127.0.0.1:8080")
+    p.add_argument("--grpc", action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="gRPC address of a target, for --api v2-grpc")
+    p.add_argument("--baseline", default=None,
+                   help="the target the others are compared with (e.g. plain vLLM)")
+    p.add_argument("--model", default="smollm2", help="served model name")
+    p.add_argument("--tokenizer", required=True, help="model folder with the tokenizer")
+    add_load_flags(p)
+
+
+def plan_from(args: argparse.Namespace) -> RunPlan:
+    """The :class:`RunPlan` the flags describe (validates them)."""
+    if bool(args.concurrency) == bool(args.request_rate):
+        raise SystemExit("give exactly one of --concurrency or --request-rate")
+    for api in args.api:
+        if api not in APIS:
+            raise SystemExit(f"unknown --api {api!r}; choose from {', '.join(APIS)}")
+    loads = ([Load(concurrency=c) for c in args.concurrency] if args.concurrency else
+             [Load(rate=r, burstiness=args.burstiness) for r in args.request_rate])
+    try:
+        slos = parse_goodput(args.goodput)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    return RunPlan(apis=args.api, loads=loads, repeats=args.repeats, warmup=args.warmup,
+                   seed=args.seed, slos_ms=slos, request_timeout_s=args.request_timeout,
+                   sampling=Sampling(temperature=args.temperature,
+                                     ignore_eos=not args.no_ignore_eos))
+
+
+def prompt_sets(args: argparse.Namespace, plan: RunPlan, tokenizer: Any
+                ) -> tuple[dict[tuple[str, str, int], list[Prompt]], list[Prompt]]:
+    """Distinct prompts per (API, point, repeat), shared by all targets, plus warm-up ones."""
+    keys = [(api, load.label, r) for r in range(plan.repeats) for api in plan.apis
+            for load in plan.loads]
+    n = args.num_prompts
+    if args.dataset == "random":
+        everything = build_prompts("random", tokenizer, num=n * len(keys) + plan.warmup,
+                                   input_len=args.input_len, output_len=args.output_len,
+                                   seed=args.seed)
+        sets = {k: everything[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+        return sets, everything[n * len(keys):]
+    sets = {k: build_prompts(args.dataset, tokenizer, num=n, input_len=args.input_len,
+                             output_len=args.output_len, seed=args.seed + i,
+                             path=args.dataset_path) for i, k in enumerate(keys)}
+    warm = build_prompts(args.dataset, tokenizer, num=max(plan.warmup, 1),
+                         input_len=args.input_len, output_len=args.output_len,
+                         seed=args.seed - 1, path=args.dataset_path)
+    return sets, warm
+
+
+def parse_targets(args: argparse.Namespace) -> list[Target]:
+    grpc = dict(item.split("=", 1) for item in args.grpc)
+    targets = []
+    for item in args.target:
+        name, sep, url = item.partition("=")
+        if not sep or not url.startswith("http"):
+            raise SystemExit(f"--target {item!r}: expected NAME=http://HOST:PORT")
+        targets.append(Target(name=name, url=url.rstrip("/"), model=args.model,
+                              grpc_url=grpc.get(name)))
+    return targets
+
+
+def config_dict(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
+    return {"apis": plan.apis, "loads": [load.label for load in plan.loads],
+            "num_prompts": args.num_prompts, "repeats": plan.repeats, "warmup": plan.warmup,
+            "seed": plan.seed, "dataset": args.dataset, "dataset_path": args.dataset_path,
+            "input_len": args.input_len, "output_len": args.output_len,
+            "temperature": plan.sampling.temperature, "ignore_eos": plan.sampling.ignore_eos,
+            "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms}
+
+
+def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str,
+            extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], RunResult]:
+    """Run the benchmark the flags describe against ``targets`` and write every output."""
+    plan = plan_from(args)
+    tokenizer = load_tokenizer(tokenizer_path)
+    sets, warm = prompt_sets(args, plan, tokenizer)
+    env = environment()
+    started = time.time()
+    result = run(targets, sets, warm, plan, tokenizer, progress=not args.no_progress)
+    baseline = getattr(args, "baseline", None)
+    others = [t.name for t in targets if t.name != baseline]
+    doc: dict[str, Any] = {
+        "config": config_dict(args, plan), "environment": env,
+        "started_unix": started, "finished_unix": time.time(),
+        "targets": [vars(t) for t in targets], "baseline": baseline,
+        "target": others[0] if baseline and others else None,
+        "warmup": result.warmup, "points": result.points, **(extra or {}),
+    }
+    doc["environment"]["loadavg_end"] = list(os.getloadavg())
+    write_all(args.out, doc, result.records, result.origin)
+    if not args.no_plots:
+        from benchmarks.plots import write_plots
+
+        doc["plots"] = write_plots(args.out, doc, result.records)
+    return doc, result
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``python -m benchmarks run``."""
+    targets = parse_targets(args)
+    if args.baseline and args.baseline not in {t.name for t in targets}:
+        raise SystemExit(f"--baseline {args.baseline} is not one of the targets")
+    doc, _ = execute(args, targets, args.tokenizer)
+    print((args.out / "summary.md").read_text())
+    return 0 if all(p["failed"] == 0 for p in doc["points"]) else 1
+
+
+def load_records(path: Path) -> list[RequestRecord]:
+    """requests.jsonl back into records (times relative to the run start)."""
+    import json
+
+    return [RequestRecord.from_json(json.loads(line))
+            for line in path.read_text().splitlines() if line.strip()]

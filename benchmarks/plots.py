@@ -1,0 +1,120 @@
+"""PNG plots of a run: latency against throughput, TTFT/ITL CDFs, overhead against load.
+
+Why these three: latency-vs-throughput curves show where each server saturates; CDFs show
+whether an overhead is a constant shift or a tail; the ratio plot is the overhead claim
+itself, with the goal lines (throughput 0.98, TTFT 1.05) drawn in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.records import RequestRecord  # noqa: E402
+
+
+def _mean_by(points: Sequence[dict[str, Any]], api: str, target: str,
+             metric: str) -> list[tuple[float, float]]:
+    acc: dict[float, list[float]] = defaultdict(list)
+    for p in points:
+        if p["api"] == api and p["target"] == target:
+            acc[p["load"]].append(p[metric])
+    return [(load, float(np.mean(v))) for load, v in sorted(acc.items())]
+
+
+def latency_vs_throughput(points: Sequence[dict[str, Any]], path: Path) -> None:
+    """Median TTFT and median TPOT against output throughput, one line per target."""
+    apis = sorted({p["api"] for p in points})
+    targets = sorted({p["target"] for p in points})
+    fig, axes = plt.subplots(len(apis), 2, figsize=(11, 3.6 * len(apis)), squeeze=False)
+    for row, api in enumerate(apis):
+        for col, metric in enumerate(("median_ttft_ms", "median_tpot_ms")):
+            ax = axes[row][col]
+            for t in targets:
+                thr = _mean_by(points, api, t, "output_throughput")
+                lat = _mean_by(points, api, t, metric)
+                ax.plot([x for _, x in thr], [y for _, y in lat], marker="o", label=t)
+                for (load, x), (_, y) in zip(thr, lat, strict=True):
+                    ax.annotate(f"{load:g}", (x, y), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
+            ax.set_xlabel("output throughput (tok/s)")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_title(f"{api}: {metric.split('_')[1].upper()} vs throughput")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cdfs(records: Sequence[RequestRecord], path: Path) -> None:
+    """TTFT and ITL CDFs per API at each load, one line per target (successful requests)."""
+    ok = [r for r in records if r.success]
+    panels = sorted({(r.api, r.point) for r in ok})
+    targets = sorted({r.target for r in ok})
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.0 * len(panels)), squeeze=False)
+    for row, (api, point) in enumerate(panels):
+        for col, name in enumerate(("ttft", "itl")):
+            ax = axes[row][col]
+            for t in targets:
+                sel = [r for r in ok if r.api == api and r.point == point and r.target == t]
+                vals = [r.ttft for r in sel] if name == "ttft" else [g for r in sel
+                                                                      for g in r.itl]
+                if vals:
+                    xs = np.sort(np.asarray(vals)) * 1000
+                    ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), label=t)
+            ax.set_xlabel(f"{name.upper()} (ms)")
+            ax.set_ylabel("fraction")
+            ax.set_title(f"{api} {point}: {name.upper()} CDF")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def overhead(comparison: Sequence[dict[str, Any]], target: str, baseline: str,
+             path: Path) -> None:
+    """Throughput and median-TTFT ratios (target / baseline) against load, with intervals."""
+    apis = sorted({r["api"] for r in comparison})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric, goal in ((axes[0], "output_throughput_ratio", 0.98),
+                             (axes[1], "median_ttft_ms_ratio", 1.05)):
+        for api in apis:
+            rows = sorted((r for r in comparison if r["api"] == api), key=lambda r: r["load"])
+            ax.errorbar([r["load"] for r in rows], [r[metric] for r in rows],
+                        yerr=[r[f"{metric}_ci"] or 0 for r in rows], marker="o", capsize=3,
+                        label=api)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(goal, color="red", ls="--", lw=0.8, label=f"goal {goal}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("load (concurrency or req/s)")
+        ax.set_title(f"{metric.replace('_', ' ')} ({target} / {baseline})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(out: Path, run: dict[str, Any], records: Sequence[RequestRecord]) -> list[str]:
+    """All plots of a run into ``out``; returns the file names written."""
+    written = []
+    latency_vs_throughput(run["points"], out / "latency_vs_throughput.png")
+    written.append("latency_vs_throughput.png")
+    cdfs(records, out / "cdf_ttft_itl.png")
+    written.append("cdf_ttft_itl.png")
+    if run.get("comparison"):
+        overhead(run["comparison"], run["target"], run["baseline"], out / "overhead_ratio.png")
+        written.append("overhead_ratio.png")
+    return written
