@@ -72,7 +72,8 @@ def parse_request(obj: Any) -> ExplainRequest:
         raise ClientError(
             f"unknown granularity {granularity!r}; choose one of {', '.join(GRANULARITIES)}"
         )
-    params = obj.get("params") or {}
+    params = obj.get("params")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise ClientError("'params' must be an object")
     html = obj.get("html", True)

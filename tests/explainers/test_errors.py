@@ -1,0 +1,74 @@
+"""Bad input gets a clear 4xx; an unreachable or slow predictor gets 502 / 504 with the reason."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.explainers.conftest import MODEL, explain, start_explainer
+from tests.support.server import free_port
+
+pytestmark = pytest.mark.slow
+
+CHAT = {"messages": [{"role": "user", "content": "Alice lives in Paris. Bob lives in Rome."}],
+        "response": "Rome."}
+
+
+@pytest.mark.parametrize("body,needle", [
+    (CHAT | {"method": "shap_magic"}, "unknown method 'shap_magic'"),
+    (CHAT | {"granularity": "paragraph"}, "unknown granularity 'paragraph'"),
+    ({"prompt": "   ", "response": "x"}, "prompt is empty"),
+    ({"messages": [{"role": "user", "content": ""}]}, "prompt is empty"),
+    (CHAT | {"granularity": "token", "params": {"budget": 4}}, "over the budget of 4"),
+    (CHAT | {"params": {"budget": 10**6}}, "params.budget must be at least 1 and at most"),
+    (CHAT | {"method": "sampled_ablation", "params": {"num_samples": 64, "budget": 20}},
+     "needs 64 forward passes"),
+    ({"instances": "nope"}, "instances"),
+])
+def test_bad_input_is_400(explainer, body: dict, needle: str) -> None:
+    r = explain(explainer, body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+
+
+def test_non_json_body_is_400(explainer) -> None:
+    r = httpx.post(f"{explainer.url}/v1/models/{MODEL}:explain", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400
+
+
+def test_unknown_model_is_404(explainer) -> None:
+    r = httpx.post(f"{explainer.url}/v1/models/other:explain", json=CHAT)
+    assert r.status_code == 404
+
+
+def test_slow_then_unreachable_predictor(model_dir: str) -> None:
+    """A predictor that accepts connections but never answers, then one that is gone."""
+    port = free_port()
+    hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hole.bind(("127.0.0.1", port))
+    hole.listen(64)  # never accept(): connections complete in the backlog, no answer comes
+    server = start_explainer(f"127.0.0.1:{port}", model_dir, name="explainer-blackhole",
+                             extra=["--predictor_timeout=2", "--methods=leave_one_out"],
+                             health_path="/v2/health/live")
+    try:
+        # not ready: its predictor does not answer
+        assert httpx.get(f"{server.url}/v1/models/{MODEL}", timeout=10).status_code == 503
+        assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 503
+        t0 = time.monotonic()
+        r = explain(server, CHAT, timeout=30)
+        assert r.status_code == 504, r.text
+        assert "did not answer within 2 s" in r.json()["error"]
+        assert time.monotonic() - t0 < 10
+        hole.close()
+        r = explain(server, CHAT, timeout=30)
+        assert r.status_code == 502, r.text
+        assert "cannot reach the predictor" in r.json()["error"]
+        assert server.proc is not None and server.proc.poll() is None  # still serving
+    finally:
+        hole.close()
+        server.stop()
