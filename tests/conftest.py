@@ -28,7 +28,15 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
 
     ``predictor.url`` is its HTTP base URL, ``predictor.grpc_port`` its gRPC port.
     """
-    server = start_runtime(model_dir=model_dir, name="predictor")
+    external = os.environ.get("TEST_PREDICTOR_URL")  # developer shortcut: reuse a running server
+    if external:
+        server = ServerProcess([], port=int(external.rsplit(":", 1)[1]), name="external")
+        server.grpc_port = int(os.environ["TEST_PREDICTOR_GRPC_PORT"])  # type: ignore[attr-defined]
+        yield server
+        return
+    # A 2048-token context (a vLLM engine argument, passed through) keeps the KV cache small
+    # and makes "prompt longer than the context" cheap to test.
+    server = start_runtime(model_dir=model_dir, extra=["--max-model-len=2048"], name="predictor")
     try:
         yield server
     finally:

@@ -1,0 +1,155 @@
+"""Command line of ``python -m runtime``: KServe's flags plus every vLLM engine argument.
+
+Why here and not in kserve: kserve's own parser is built at import time and would treat vLLM's
+flags as unknown; vLLM's parser knows nothing of KServe's contract (``--model_name``,
+``--model_dir``, ``--http_port``, ``--grpc_port``). This module splits one command line into
+``RuntimeSettings`` (KServe's side) and an engine argv (vLLM's side), and says in ``--help``
+how names that both sides know are resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from runtime.settings import RuntimeSettings
+
+logger = logging.getLogger(__name__)
+
+COLLISIONS = """\
+Where KServe and vLLM flags collide:
+  --model_name NAME   KServe's. Becomes vLLM's --served-model-name (first name); names given
+                      with --served-model-name are served as extra aliases.
+  --model_dir DIR     KServe's. Becomes vLLM's --model. --model alone is accepted as --model_dir;
+                      both at once must agree.
+  --http_port, --grpc_port, --ssl_certfile, --ssl_keyfile
+                      KServe's, in either spelling (--grpc-port == --grpc_port): the ModelServer
+                      owns the listeners. vLLM's own gRPC server (--grpc-port) is not started.
+  --host, --port, --uds
+                      vLLM's listener flags are ignored (with a warning): use --http_port.
+  --workers           Must be 1: the engine lives in the server process.
+Every other argument is a vLLM engine argument and is passed through unchanged
+(`python -m runtime --help-engine` lists them). On the CPU, defaults are --dtype float32 and
+--enforce-eager unless given: bfloat16 with eager mode produces garbage on CPUs.
+"""
+
+# vLLM listener flags that make no sense behind the ModelServer; each takes one value.
+IGNORED_VLLM_FLAGS = ("--host", "--port", "--uds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The runtime's own parser (KServe's flags + runtime limits); vLLM's flags are separate."""
+    p = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description="KServe ModelServer serving an LLM with vLLM over OpenAI and Open Inference "
+        "Protocol v2 (REST, gRPC, generate extension).",
+        epilog=COLLISIONS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # `--model` must not abbreviate `--model_name`
+    )
+    p.add_argument("--model_name", default="model", help="served model name (KServe)")
+    p.add_argument("--model_dir", default=None, help="model folder; default /mnt/models (KServe)")
+    p.add_argument("--http_port", type=int, default=8080, help="HTTP port (KServe)")
+    p.add_argument("--grpc_port", type=int, default=8081, help="gRPC port (KServe)")
+    p.add_argument("--enable_grpc", type=_bool, default=True, help="serve gRPC v2 (KServe)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers; must be 1 (KServe)")
+    p.add_argument("--max_threads", type=int, default=4, help="gRPC threads (KServe)")
+    p.add_argument("--enable_docs_url", type=_bool, default=False, help="/docs (KServe)")
+    p.add_argument("--enable_latency_logging", type=_bool, default=False,
+                   help="a log line per v2 request with latencies (KServe)")
+    p.add_argument("--configure_logging", type=_bool, default=True, help="(KServe)")
+    p.add_argument("--log_config_file", default=None, help="(KServe)")
+    p.add_argument("--access_log_format", default=None, help="(KServe)")
+    p.add_argument("--event_loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    p.add_argument("--timeout_keep_alive", type=int, default=65, help="(KServe)")
+    p.add_argument("--ssl_certfile", default=None, help="TLS certificate (KServe)")
+    p.add_argument("--ssl_keyfile", default=None, help="TLS key (KServe)")
+    p.add_argument("--max_request_bytes", type=int, default=8 * 1024 * 1024,
+                   help="largest accepted HTTP body; larger gets 413")
+    p.add_argument("--health_check_interval", type=float, default=1.0,
+                   help="seconds between engine health checks")
+    p.add_argument("--help-engine", action="store_true", help="list vLLM's engine arguments")
+    return p
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def _normalise(argv: Sequence[str], own: set[str]) -> list[str]:
+    """Rewrite ``--grpc-port`` style spellings of the runtime's own flags to ``--grpc_port``."""
+    out = []
+    for tok in argv:
+        if tok.startswith("--"):
+            name, eq, val = tok[2:].partition("=")
+            if name.replace("-", "_") in own:
+                tok = "--" + name.replace("-", "_") + eq + val
+        out.append(tok)
+    return out
+
+
+def _take(argv: list[str], flag: str) -> tuple[list[str], list[str]]:
+    """Remove ``flag VALUE`` / ``flag=VALUE`` occurrences; return (rest, values)."""
+    rest, values, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == flag and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 2
+            continue
+        if tok.startswith(flag + "="):
+            values.append(tok.split("=", 1)[1])
+        else:
+            rest.append(tok)
+        i += 1
+    return rest, values
+
+
+def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
+    """Split the command line into runtime settings and the vLLM engine argv."""
+    parser = build_parser()
+    own = {a.dest for a in parser._actions if a.option_strings}
+    args, engine_argv = parser.parse_known_args(_normalise(sys.argv[1:] if argv is None else argv, own))
+    if args.help_engine:
+        from runtime.engine.vllm_engine import engine_help
+
+        print(engine_help())
+        raise SystemExit(0)
+    if args.workers != 1:
+        parser.error("--workers must be 1: the vLLM engine lives in the server process")
+    for flag in IGNORED_VLLM_FLAGS:
+        engine_argv, dropped = _take(engine_argv, flag)
+        if dropped:
+            logger.warning("ignoring vLLM's %s %s: the ModelServer listens on --http_port", flag, dropped)
+    engine_argv, models = _take(engine_argv, "--model")
+    model_dir = args.model_dir
+    if models:
+        if model_dir is not None and models[-1] != model_dir:
+            parser.error(f"--model {models[-1]} disagrees with --model_dir {model_dir}")
+        model_dir = models[-1]
+    engine_argv, aliases = _take(engine_argv, "--served-model-name")
+    return RuntimeSettings(
+        model_name=args.model_name,
+        model_dir=model_dir or "/mnt/models",
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        max_threads=args.max_threads,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+        event_loop=args.event_loop,
+        timeout_keep_alive=args.timeout_keep_alive,
+        max_request_bytes=args.max_request_bytes,
+        health_check_interval=args.health_check_interval,
+        served_model_aliases=[n for a in aliases for n in a.split()],
+        engine_argv=engine_argv,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+    )

@@ -1,0 +1,344 @@
+"""The one module that adapts vLLM (0.32): engine arguments, the async engine, its OpenAI app.
+
+Why one module: vLLM's internals move every release; everything the runtime needs from vLLM is
+reached from here, so an upgrade touches this file alone (ruff TID251 bans ``import vllm``
+elsewhere). The v2 and generate protocols are answered by vLLM's own OpenAI serving classes
+(``OpenAIServingCompletion`` / ``OpenAIServingChat``), so every sampling parameter has exactly
+the OpenAI path's name, meaning, default and validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from argparse import Namespace
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydantic
+from vllm.engine.protocol import EngineClient
+from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+from vllm.entrypoints.launchers.app import build_app
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.exceptions import VLLMValidationError
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.utils.gc_utils import freeze_gc_heap
+
+from runtime.engine.base import Completion, Delta, Engine, GenerationRequest
+from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
+from runtime.metrics import current_protocol, record_engine_request
+from runtime.settings import RuntimeSettings
+
+logger = logging.getLogger(__name__)
+
+# Sampling settings accepted in v2 `parameters` (OpenAI completions names; vLLM validates them).
+V2_PARAMETERS: dict[str, str] = {
+    "max_tokens": "int, default 16 (completions) / up to the context (chat template)",
+    "min_tokens": "int, default 0",
+    "temperature": "float >= 0, default from the model's generation config, else 1.0",
+    "top_p": "float in (0, 1]",
+    "top_k": "int, -1 or 0 disables",
+    "min_p": "float in [0, 1]",
+    "stop": "string or list of strings",
+    "stop_token_ids": "list of int",
+    "seed": "int",
+    "presence_penalty": "float in [-2, 2]",
+    "frequency_penalty": "float in [-2, 2]",
+    "repetition_penalty": "float > 0",
+    "ignore_eos": "bool",
+    "include_stop_str_in_output": "bool",
+    "skip_special_tokens": "bool",
+    "spaces_between_special_tokens": "bool",
+    "truncate_prompt_tokens": "int",
+    "bad_words": "list of strings",
+    "logit_bias": "object token-id -> float",
+    "allowed_token_ids": "list of int",
+}
+
+
+def engine_parser() -> FlexibleArgumentParser:
+    """vLLM's own serve parser: every engine argument, with vLLM's help text."""
+    return make_arg_parser(FlexibleArgumentParser(prog="python -m runtime", add_help=False))
+
+
+def engine_help() -> str:
+    """vLLM's engine arguments, for ``python -m runtime --help-engine``."""
+    return engine_parser().format_help()
+
+
+def parse_engine_args(settings: RuntimeSettings) -> Namespace:
+    """Build vLLM's argument namespace from the runtime settings and the pass-through argv.
+
+    KServe's ``--model_dir``/``--model_name`` become ``--model``/``--served-model-name``. On the
+    CPU, ``--dtype`` defaults to float32 and ``--enforce-eager`` to on: bfloat16 in eager mode
+    produces garbage there (FACTS.md), and compiled mode costs a minute of start-up.
+    """
+    argv = list(settings.engine_argv)
+    names = [settings.model_name, *settings.served_model_aliases]
+    argv += ["--model", settings.model_dir, "--served-model-name", *names]
+    if current_platform.is_cpu():
+        given = {tok.split("=")[0] for tok in argv if tok.startswith("--")}
+        if "--dtype" not in given:
+            argv += ["--dtype", "float32"]
+        if not given & {"--enforce-eager", "--no-enforce-eager", "--enforce_eager"}:
+            argv += ["--enforce-eager"]
+    try:
+        args = engine_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the reason
+        raise ClientError(f"invalid engine arguments: {' '.join(settings.engine_argv)}") from exc
+    validate_parsed_serve_args(args)
+    if current_platform.is_cpu() and args.dtype in ("bfloat16", "bf16") and args.enforce_eager:
+        logger.warning("bfloat16 with --enforce-eager produces wrong output on CPUs; "
+                       "use --dtype float32 or drop --enforce-eager")
+    return args
+
+
+class InstrumentedEngineClient:
+    """vLLM's engine client with every ``generate`` call measured for the runtime's metrics.
+
+    Why a proxy: vLLM's serving classes call ``engine_client.generate`` themselves; wrapping the
+    client measures every engine request, whichever protocol sent it, with vLLM's own
+    per-request timestamps (``RequestOutput.metrics``).
+    """
+
+    def __init__(self, client: EngineClient, model_name: str) -> None:
+        self._client = client
+        self._model_name = model_name
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def generate(self, prompt: Any, sampling_params: Any, request_id: str,
+                 **kwargs: Any) -> AsyncIterator[Any]:
+        # The protocol label is read now, in the request's context: the stream may be
+        # iterated later, from the response-writing task.
+        return self._measured(
+            self._client.generate(prompt, sampling_params, request_id, **kwargs),
+            current_protocol.get(),
+            getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA,
+        )
+
+    async def _measured(self, outputs: AsyncIterator[Any], protocol: str,
+                        delta: bool) -> AsyncIterator[Any]:
+        prompt_tokens = generated = 0
+        last = None
+        try:
+            async for out in outputs:
+                last = out
+                if out.prompt_token_ids is not None:
+                    prompt_tokens = len(out.prompt_token_ids)
+                n = sum(len(o.token_ids) for o in out.outputs)
+                generated = generated + n if delta else n
+                yield out
+        finally:
+            ttft = tpot = None
+            stats = getattr(last, "metrics", None)
+            if stats is not None and stats.first_token_ts:
+                ttft = stats.first_token_latency or None
+                if stats.num_generation_tokens > 1:
+                    tpot = (stats.last_token_ts - stats.first_token_ts) / (
+                        stats.num_generation_tokens - 1)
+            record_engine_request(self._model_name, protocol, prompt_tokens=prompt_tokens,
+                                  generation_tokens=generated, ttft=ttft, tpot=tpot)
+            close = getattr(outputs, "aclose", None)
+            if close is not None:
+                await close()  # aborts the engine request if the consumer stopped early
+
+
+def _validation_message(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"parameter '{loc}': {err.get('msg')}")
+    return "; ".join(parts) or str(exc)
+
+
+@contextlib.contextmanager
+def _client_errors() -> Any:
+    """vLLM raises its validation errors (e.g. ``max_tokens`` < 1) from the serving code; its
+    own OpenAI routes render them as 400, and so does every protocol here."""
+    try:
+        yield
+    except VLLMValidationError as exc:
+        raise ClientError(str(exc)) from None
+
+
+class VLLMEngine(Engine):
+    """vLLM's AsyncLLM, its OpenAI app, and the v2/generate translation onto its serving code."""
+
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.model_name = settings.model_name
+        self.args = parse_engine_args(settings)
+        self.client: InstrumentedEngineClient | None = None
+        self.openai_app: Any = None  # vLLM's FastAPI app, mounted by the protocol layer
+        self._stack = contextlib.AsyncExitStack()
+        self._stats_task: asyncio.Task[None] | None = None
+
+    @property
+    def max_model_len(self) -> int:
+        assert self.client is not None
+        return int(self.client.model_config.max_model_len)
+
+    async def start(self) -> None:
+        """Build the engine (its core runs in a child process) and vLLM's OpenAI app."""
+        raw = await self._stack.enter_async_context(build_async_engine_client(self.args))
+        self.client = InstrumentedEngineClient(raw, self.model_name)
+        tasks = await raw.get_supported_tasks()
+        app = build_app(self.args, tasks, raw.model_config)
+        await init_app_state(self.client, app.state, self.args, tasks)  # type: ignore[arg-type]
+        self.openai_app = app
+        self.supported_tasks = tuple(tasks)
+        # What vLLM's own lifespan does, which does not run for a mounted app (FACTS.md).
+        freeze_gc_heap()
+        if not self.args.disable_log_stats:
+            self._stats_task = asyncio.create_task(self._log_stats())
+
+    async def _log_stats(self) -> None:
+        from vllm import envs
+
+        while True:
+            await asyncio.sleep(envs.VLLM_LOG_STATS_INTERVAL)
+            with contextlib.suppress(Exception):
+                await raw_client(self).do_log_stats()
+
+    async def stop(self) -> None:
+        """Shut the engine down (its child process too)."""
+        if self._stats_task:
+            self._stats_task.cancel()
+        await self._stack.aclose()
+
+    async def check_health(self) -> None:
+        if self.client is None:
+            raise EngineUnavailableError("engine not started")
+        if self.client.errored:
+            raise EngineUnavailableError(f"engine dead: {self.client.dead_error}")
+        await self.client.check_health()
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        return dict(V2_PARAMETERS)
+
+    # ---- translation of a GenerationRequest onto vLLM's OpenAI serving classes ----
+
+    def _sampling(self, params: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(params) - set(V2_PARAMETERS))
+        if unknown:
+            raise ClientError(
+                f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
+        return dict(params)
+
+    def _state(self) -> Any:
+        if self.openai_app is None:
+            raise EngineUnavailableError("engine loading")
+        return self.openai_app.state
+
+    def _completion_request(self, prompts: list[str], params: dict[str, Any],
+                            stream: bool) -> CompletionRequest:
+        body = {"model": self.model_name, "prompt": prompts, **self._sampling(params)}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        try:
+            return CompletionRequest.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise ClientError(_validation_message(exc)) from None
+
+    def _chat_request(self, prompt: str, params: dict[str, Any], stream: bool) -> ChatCompletionRequest:
+        body = {"model": self.model_name, "messages": [{"role": "user", "content": prompt}],
+                **self._sampling(params)}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        try:
+            return ChatCompletionRequest.model_validate(body)
+        except pydantic.ValidationError as exc:
+            raise ClientError(_validation_message(exc)) from None
+
+    @staticmethod
+    def _raise_error(result: Any) -> None:
+        if isinstance(result, ErrorResponse):
+            raise from_status(int(result.error.code), result.error.message)
+
+    async def complete(self, request: GenerationRequest) -> list[Completion]:
+        state = self._state()
+        if not request.prompts:
+            raise ClientError("empty batch: at least one prompt is required")
+        if request.chat:
+            reqs = [self._chat_request(p, request.params, False) for p in request.prompts]
+            with _client_errors():
+                results = await asyncio.gather(
+                    *(state.openai_serving_chat.create_chat_completion(r) for r in reqs))
+            out = []
+            for res in results:
+                self._raise_error(res)
+                choice = res.choices[0]
+                out.append(Completion(choice.message.content or "", choice.finish_reason,
+                                      res.usage.prompt_tokens, res.usage.completion_tokens or 0))
+            return out
+        creq = self._completion_request(request.prompts, request.params, False)
+        with _client_errors():
+            res = await state.openai_serving_completion.create_completion(creq)
+        self._raise_error(res)
+        # One choice per prompt; usage is summed over the batch, so it is exact only for B=1.
+        single = len(res.choices) == 1
+        return [
+            Completion(c.text, c.finish_reason,
+                       res.usage.prompt_tokens if single else None,
+                       res.usage.completion_tokens if single else None)
+            for c in sorted(res.choices, key=lambda c: c.index)
+        ]
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        state = self._state()
+        if len(request.prompts) != 1:
+            raise ClientError("streaming takes exactly one prompt")
+        with _client_errors():
+            if request.chat:
+                gen = await state.openai_serving_chat.create_chat_completion(
+                    self._chat_request(request.prompts[0], request.params, True))
+            else:
+                gen = await state.openai_serving_completion.create_completion(
+                    self._completion_request(request.prompts, request.params, True))
+        self._raise_error(gen)
+        return self._deltas(gen, request.chat)
+
+    async def _deltas(self, sse: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta]:
+        finish: str | None = None
+        try:
+            async for event in sse:
+                payload = event.removeprefix("data: ").strip()
+                if not payload or payload == "[DONE]":
+                    continue
+                obj = json.loads(payload)
+                if "error" in obj:
+                    err = obj["error"]
+                    raise from_status(int(err.get("code") or 500), err.get("message", str(err)))
+                for ch in obj.get("choices") or ():
+                    text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+                    finish = ch.get("finish_reason") or finish
+                    if text:
+                        yield Delta(index=ch.get("index", 0), text=text)
+                usage = obj.get("usage")
+                if usage and not obj.get("choices"):
+                    yield Delta(0, "", finish, usage.get("prompt_tokens"),
+                                usage.get("completion_tokens"))
+        finally:
+            close = getattr(sse, "aclose", None)
+            if close is not None:
+                await close()  # aborts the engine request when the consumer went away
+
+
+def raw_client(engine: VLLMEngine) -> EngineClient:
+    """The un-instrumented vLLM engine client (for stats logging and health)."""
+    assert engine.client is not None
+    return engine.client._client
+
+
+__all__ = ["VLLMEngine", "engine_help", "ServerError"]

@@ -1,0 +1,78 @@
+"""The runtime's own Prometheus series, in one place.
+
+Why: vLLM's engine series (``vllm:*``) say what the engine did, not which protocol asked for it;
+KServe's huggingfaceserver reports no per-protocol token metrics (kserve#3983). These series are
+labelled by model and protocol (openai, v2-rest, v2-generate, v2-grpc). They live in
+prometheus-client's default registry, which KServe's ``/metrics`` route already serves next to
+vLLM's.
+
+The protocol of the request being served travels in a context variable: each protocol adapter
+sets it, the instrumented engine reads it when it records token timings.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from prometheus_client import Counter, Histogram
+
+PROTOCOLS = ("openai", "v2-rest", "v2-generate", "v2-grpc")
+
+current_protocol: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "current_protocol", default="openai"
+)
+
+REQUESTS = Counter(
+    "kserve_llm_requests",
+    "Requests answered, by protocol and outcome (success, client_error, server_error, aborted).",
+    ["model", "protocol", "outcome"],
+)
+TTFT = Histogram(
+    "kserve_llm_time_to_first_token_seconds",
+    "Time from engine submission to the first generated token.",
+    ["model", "protocol"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80),
+)
+TPOT = Histogram(
+    "kserve_llm_time_per_output_token_seconds",
+    "Mean time between generated tokens after the first, per engine request.",
+    ["model", "protocol"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5),
+)
+PROMPT_TOKENS = Counter(
+    "kserve_llm_prompt_tokens", "Prompt tokens processed.", ["model", "protocol"]
+)
+GENERATION_TOKENS = Counter(
+    "kserve_llm_generation_tokens", "Tokens generated.", ["model", "protocol"]
+)
+
+
+def outcome_for_status(status: int) -> str:
+    """Classify an HTTP status into the ``outcome`` label."""
+    if status < 400:
+        return "success"
+    if status == 499:
+        return "aborted"
+    return "client_error" if status < 500 else "server_error"
+
+
+def count_request(model: str, protocol: str, outcome: str) -> None:
+    """Record one answered request."""
+    REQUESTS.labels(model, protocol, outcome).inc()
+
+
+def record_engine_request(
+    model: str,
+    protocol: str,
+    *,
+    prompt_tokens: int,
+    generation_tokens: int,
+    ttft: float | None,
+    tpot: float | None,
+) -> None:
+    """Record one finished (or aborted) engine request's token counts and timings."""
+    PROMPT_TOKENS.labels(model, protocol).inc(prompt_tokens)
+    GENERATION_TOKENS.labels(model, protocol).inc(generation_tokens)
+    if ttft is not None:
+        TTFT.labels(model, protocol).observe(ttft)
+    if tpot is not None:
+        TPOT.labels(model, protocol).observe(tpot)

@@ -1,0 +1,1 @@
+"""Protocol adapters: each translates its wire format to one ``GenerationRequest`` and back."""

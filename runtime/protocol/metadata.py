@@ -1,0 +1,37 @@
+"""v2 model metadata that describes the text tensors and the accepted parameters.
+
+Why not KServe's: its ``ModelMetadataResponse`` has no room for parameters, and a v2 client
+needs to know that sampling settings travel in the request's ``parameters``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from runtime.engine.base import Engine
+from runtime.errors import ModelNotFoundError
+from runtime.protocol import v2
+
+
+def build_router(engine: Engine, served_names: list[str]) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v2/models/{model_name}")
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        if model_name not in served_names:
+            raise ModelNotFoundError(model_name)
+        params = {**engine.parameters,
+                  v2.CHAT_PARAMETER: "bool, default false: send each text_input as one user "
+                                     "message through the model's chat template"}
+        return {
+            "name": model_name,
+            "versions": [],
+            "platform": "vllm",
+            "inputs": v2.input_metadata(),
+            "outputs": v2.output_metadata(),
+            "parameters": params,
+        }
+
+    return router

@@ -1,0 +1,41 @@
+"""The predictor's settings, declared once and passed explicitly.
+
+Why: kserve reads ``sys.argv`` at import time and uses it as constructor defaults (FACTS.md);
+this runtime instead parses the command line once (``runtime.cli``) into this object and hands
+it to every part that needs a setting.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RuntimeSettings(BaseModel):
+    """Everything the runtime itself (not the vLLM engine) is configured with."""
+
+    model_name: str = Field(description="Name the model is served under (KServe's --model_name).")
+    model_dir: str = Field(description="Folder holding the Hugging Face model (KServe's --model_dir).")
+    http_port: int = 8080
+    grpc_port: int = 8081
+    enable_grpc: bool = True
+    max_threads: int = 4
+    enable_docs_url: bool = False
+    enable_latency_logging: bool = False
+    access_log_format: str | None = None
+    event_loop: str = "auto"
+    timeout_keep_alive: int = 65
+    grace_period: int = 30
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024, description="Bodies larger than this get 413 on every HTTP route."
+    )
+    health_check_interval: float = Field(
+        default=1.0, description="Seconds between engine health checks (readiness/liveness)."
+    )
+    served_model_aliases: list[str] = Field(
+        default_factory=list, description="Extra names from vLLM's --served-model-name."
+    )
+    engine_argv: list[str] = Field(
+        default_factory=list, description="vLLM engine arguments, passed through unchanged."
+    )
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None

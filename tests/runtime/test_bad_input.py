@@ -1,0 +1,76 @@
+"""Bad input on v2 REST and the generate extension: a clear 4xx, then the server still serves.
+
+(OpenAI's bad inputs are in test_openai.py, gRPC's in test_grpc.py.)
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.runtime.conftest import MODEL, assert_still_serving, v2_body
+
+LONG = "hello " * 3000  # ~3000 tokens: longer than the test server's 2048-token context
+
+INFER_CASES = [
+    ("malformed json", b"{nope", 400, "malformed JSON"),
+    ("unknown model", None, 404, "does not exist"),
+    ("wrong datatype", {"inputs": [{"name": "text_input", "datatype": "FP32", "shape": [1],
+                                    "data": [1.0]}]}, 400, "BYTES"),
+    ("shape mismatch", {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [3],
+                                    "data": ["a"]}]}, 400, "shape"),
+    ("missing text_input", {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1],
+                                        "data": ["a"]}]}, 400, "text_input"),
+    ("empty batch", v2_body([]), 400, "empty batch"),
+    ("wrong parameter type", v2_body(["a"], max_tokens="many"), 400, "max_tokens"),
+    ("unknown parameter", v2_body(["a"], max_token=3), 400, "max_token"),
+    ("negative max_tokens", v2_body(["a"], max_tokens=-1), 400, "max_tokens"),
+    ("negative temperature", v2_body(["a"], temperature=-0.5), 400, "temperature"),
+    ("prompt longer than context", v2_body([LONG]), 400, "context"),
+    ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,needle", INFER_CASES, ids=[c[0] for c in INFER_CASES])
+def test_v2_infer_bad_input(http: httpx.Client, name: str, body, status: int,
+                            needle: str) -> None:
+    model = "nope" if name == "unknown model" else MODEL
+    if body is None:
+        body = v2_body(["a"])
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = http.post(f"/v2/models/{model}/infer", headers={"content-type": "application/json"},
+                  **kwargs)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]
+    assert_still_serving(http)
+
+
+GENERATE_CASES = [
+    ("malformed json", b"{nope", 400, "malformed JSON"),
+    ("unknown model", {"text_input": "a"}, 404, "does not exist"),
+    ("missing text_input", {"parameters": {"max_tokens": 2}}, 400, "text_input"),
+    ("text_input not a string", {"text_input": ["a", "b"]}, 400, "string"),
+    ("wrong parameter type", {"text_input": "a", "parameters": {"max_tokens": "many"}}, 400,
+     "max_tokens"),
+    ("negative max_tokens", {"text_input": "a", "parameters": {"max_tokens": -1}}, 400,
+     "max_tokens"),
+    ("negative temperature", {"text_input": "a", "parameters": {"temperature": -1}}, 400,
+     "temperature"),
+    ("prompt longer than context", {"text_input": LONG}, 400, "context"),
+    ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+]
+
+
+@pytest.mark.parametrize("route", ["generate", "generate_stream"])
+@pytest.mark.parametrize("name,body,status,needle", GENERATE_CASES,
+                         ids=[c[0] for c in GENERATE_CASES])
+def test_generate_bad_input(http: httpx.Client, route: str, name: str, body, status: int,
+                            needle: str) -> None:
+    model = "nope" if name == "unknown model" else MODEL
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = http.post(f"/v2/models/{model}/{route}", headers={"content-type": "application/json"},
+                  **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert needle in r.json()["error"]
+    assert_still_serving(http)

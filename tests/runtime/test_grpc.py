@@ -1,0 +1,101 @@
+"""gRPC v2 with kserve's InferenceGRPCClient, and with tritonclient.grpc in a subprocess
+(the two register the same protobuf symbols and cannot share a process; FACTS.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import pytest
+
+from tests.runtime.conftest import MODEL
+
+PROMPTS = ["What is the capital of France?", "What is the capital of Germany?"]
+
+
+def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
+               datatype: str = "BYTES", shape: list[int] | None = None):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    # kserve's client (and KServe's proto) has no double parameter: send floats as strings,
+    # which the server reads with the same validation as JSON numbers.
+    params = {k: str(v) if isinstance(v, float) else v for k, v in params.items()}
+
+    async def go():
+        client = InferenceGRPCClient(url=f"127.0.0.1:{port}", timeout=120, retries=0)
+        try:
+            req = InferRequest(model_name=model, infer_inputs=[
+                InferInput("text_input", shape or [len(prompts)], datatype, data=prompts)],
+                parameters=params)
+            return await client.infer(req)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_kserve_grpc_client_two_prompts(predictor) -> None:
+    res = grpc_infer(predictor.grpc_port, PROMPTS,
+                     {"max_tokens": 20, "temperature": 0.0, "apply_chat_template": True})
+    texts = [t.decode() if isinstance(t, bytes) else t for t in res.outputs[0].data]
+    assert "Paris" in texts[0] and "Berlin" in texts[1]
+
+
+def test_grpc_health_and_metadata(predictor) -> None:
+    from kserve import InferenceGRPCClient
+
+    async def go():
+        client = InferenceGRPCClient(url=f"127.0.0.1:{predictor.grpc_port}", retries=0)
+        try:
+            return (await client.is_server_live(), await client.is_server_ready(),
+                    await client.is_model_ready(MODEL))
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == (True, True, True)
+
+
+@pytest.mark.parametrize("kwargs,code,needle", [
+    ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "nope"),
+    ({"datatype": "FP32", "prompts": [1.0]}, grpc.StatusCode.INVALID_ARGUMENT, "BYTES"),
+    ({"shape": [3]}, grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+    ({"prompts": [], "shape": [0]}, grpc.StatusCode.INVALID_ARGUMENT, "empty batch"),
+    ({"params": {"max_tokens": -1}}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+    ({"params": {"temperature": -1.0}}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
+    ({"params": {"max_tokens": "many"}}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
+    ({"prompts": ["hello " * 3000]}, grpc.StatusCode.INVALID_ARGUMENT, "context"),
+])
+def test_grpc_bad_input(predictor, http, kwargs: dict, code, needle: str) -> None:
+    from tests.runtime.conftest import assert_still_serving
+
+    args = {"prompts": ["hi"], "params": {"max_tokens": 2}, **kwargs}
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_infer(predictor.grpc_port, args.pop("prompts"), args.pop("params"), **args)
+    assert err.value.code() == code, err.value.details()
+    assert needle in err.value.details()
+    assert_still_serving(http)
+
+
+TRITON_GRPC_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tritonclient.grpc as g
+    c = g.InferenceServerClient(url=sys.argv[1])
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("smollm2")
+    i = g.InferInput("text_input", [1], "BYTES")
+    i.set_data_from_numpy(np.array([b"What is the capital of France?"], dtype=object))
+    r = c.infer("smollm2", [i], parameters={"max_tokens": 20, "temperature": 0.0,
+                                             "apply_chat_template": True})
+    print(r.as_numpy("text_output")[0].decode())
+""")
+
+
+def test_tritonclient_grpc(predictor) -> None:
+    out = subprocess.run([sys.executable, "-c", TRITON_GRPC_SCRIPT,
+                          f"127.0.0.1:{predictor.grpc_port}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout

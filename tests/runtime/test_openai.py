@@ -1,0 +1,96 @@
+"""OpenAI API through the official SDK against the real server and model."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.runtime.conftest import MODEL, QUESTION
+
+
+def test_chat_answers_paris(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(model=MODEL, temperature=0, max_tokens=20,
+                                    messages=[{"role": "user", "content": QUESTION}])
+    assert "Paris" in r.choices[0].message.content
+    assert r.usage.completion_tokens > 0
+
+
+def test_stream_joins_to_non_streamed_text(oai: openai.OpenAI) -> None:
+    kwargs = dict(model=MODEL, temperature=0, max_tokens=24,
+                  messages=[{"role": "user", "content": QUESTION}])
+    full = oai.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(oai.chat.completions.create(stream=True,
+                                              stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full
+    assert "Paris" in text
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_logprobs(oai: openai.OpenAI) -> None:
+    r = oai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3,
+                               temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 3 and len(lp.token_logprobs) == 3
+    assert all(v <= 0 for v in lp.token_logprobs)
+    assert all(len(t) >= 1 for t in lp.top_logprobs)
+    assert "Paris" in r.choices[0].text
+
+
+def test_chat_top_logprobs(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(model=MODEL, temperature=0, max_tokens=5, logprobs=True,
+                                    top_logprobs=3,
+                                    messages=[{"role": "user", "content": QUESTION}])
+    content = r.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 3 for t in content)
+
+
+def test_n_two_and_seed(oai: openai.OpenAI) -> None:
+    r = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2,
+                               temperature=1.0, seed=7)
+    assert len(r.choices) == 2
+    again = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2,
+                                   temperature=1.0, seed=7)
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]
+
+
+def test_stop_sequence(oai: openai.OpenAI) -> None:
+    r = oai.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=20, temperature=0,
+                               stop=["7"])
+    assert "7" not in r.choices[0].text and "5" in r.choices[0].text
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_models_lists_served_name(oai: openai.OpenAI) -> None:
+    assert [m.id for m in oai.models.list().data] == [MODEL]
+
+
+def test_unprefixed_v1_routes(predictor) -> None:
+    client = openai.OpenAI(base_url=predictor.url + "/v1", api_key="none", timeout=120)
+    r = client.chat.completions.create(model=MODEL, temperature=0, max_tokens=20,
+                                       messages=[{"role": "user", "content": QUESTION}])
+    assert "Paris" in r.choices[0].message.content
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"model": "nope", "prompt": "hi"}, 404, "does not exist"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hi", "temperature": -1}, 400, "temperature"),
+    ({"model": MODEL, "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"model": MODEL, "prompt": "hello " * 3000}, 400, "context"),
+])
+def test_bad_completions(http: httpx.Client, body: dict, status: int, needle: str) -> None:
+    r = http.post("/openai/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.text.lower() or needle in r.text
+    assert r.json()["error"]["message"]
+
+
+def test_bad_json_and_oversize(http: httpx.Client) -> None:
+    r = http.post("/openai/v1/chat/completions", content=b"{nope",
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    r = http.post("/openai/v1/chat/completions", content=b"x" * (9 * 1024 * 1024),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]
