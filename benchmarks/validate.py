@@ -1,0 +1,129 @@
+"""Check this client against vLLM's own harness on the same server and workload.
+
+Why: ``python -m benchmarks`` re-implements the measuring (its own async client, its own
+prompt builder) so that it can drive v2 routes and two servers at once; before its numbers
+are believed, its output-token throughput and median TTFT must agree with
+``vllm.benchmarks.serve`` within 10% on the OpenAI chat path. The two harnesses take turns
+on one plain vLLM server (A, B, A, B, ...) so drift from other load on the machine hits both;
+the means over rounds are compared.
+
+    python -m benchmarks.validate --model-dir .models/smollm2 --out /tmp/validate
+    python -m benchmarks.validate --url http://127.0.0.1:8000 --model-dir ... --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.clients import Target
+from benchmarks.load import Load
+from benchmarks.runner import RunPlan, run
+from benchmarks.servers import server_env, vllm_server
+from benchmarks.workload import load_tokenizer, random_prompts
+
+COMPARED = ("output_throughput", "median_ttft_ms")
+
+
+def theirs(a: argparse.Namespace, url: str, seed: int) -> dict[str, Any]:
+    """One round of vLLM's harness, in a subprocess (``benchmarks.baseline``)."""
+    from benchmarks.baseline import harness_flags
+
+    flags = harness_flags(base_url=url, model=a.served_model_name, tokenizer=a.model_dir,
+                          backend="openai-chat", endpoint="/v1/chat/completions",
+                          concurrency=a.concurrency, num_prompts=a.num_prompts,
+                          input_len=a.input_len, output_len=a.output_len, seed=seed,
+                          warmups=a.warmup)
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([sys.executable, "-m", "benchmarks.baseline", f.name, "--", *flags],
+                       check=True, env=server_env(), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return json.loads(Path(f.name).read_text())
+
+
+def ours(a: argparse.Namespace, url: str, seed: int, tokenizer: Any) -> dict[str, Any]:
+    """One round of this client with the same workload (closed loop at ``concurrency``)."""
+    prompts = random_prompts(tokenizer, a.num_prompts + a.warmup, a.input_len, a.output_len,
+                             seed)
+    load = Load(concurrency=a.concurrency)
+    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=a.warmup, seed=seed)
+    res = run([Target("vllm", url, a.served_model_name)],
+              {("openai-chat", load.label, 0): prompts[:a.num_prompts]},
+              prompts[a.num_prompts:], plan, tokenizer, progress=False)
+    return res.points[0]
+
+
+def agreement(mine: list[dict[str, Any]], vllm: list[dict[str, Any]],
+              tolerance: float) -> dict[str, Any]:
+    """Mean of each compared metric per harness, their ratio, and whether within tolerance."""
+    out: dict[str, Any] = {}
+    for m in COMPARED:
+        a, b = statistics.mean(x[m] for x in mine), statistics.mean(x[m] for x in vllm)
+        out[m] = {"ours": a, "vllm": b, "ratio": a / b, "ok": abs(a / b - 1) <= tolerance}
+    out["ok"] = all(out[m]["ok"] for m in COMPARED)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.validate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", required=True, help="model folder (tokenizer; weights)")
+    p.add_argument("--served-model-name", default="smollm2")
+    p.add_argument("--url", default=None, help="a running plain vLLM; else one is started")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="turns of each harness")
+    p.add_argument("--tolerance", type=float, default=0.10)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    server = None
+    if a.url is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = vllm_server(str(Path(a.model_dir).resolve()), a.served_model_name,
+                             ["--dtype=float32", "--enforce-eager", "--max-model-len=2048"],
+                             port, a.out / "logs")
+        server.start()
+    url = a.url or server.url  # type: ignore[union-attr]
+    try:
+        tokenizer = load_tokenizer(a.model_dir)
+        mine, vllm = [], []
+        for r in range(a.rounds):
+            vllm.append(theirs(a, url, seed=r))
+            mine.append(ours(a, url, seed=r, tokenizer=tokenizer))
+            print(f"round {r}: vLLM harness {vllm[-1]['output_throughput']:.1f} tok/s, "
+                  f"TTFT {vllm[-1]['median_ttft_ms']:.0f} ms; this client "
+                  f"{mine[-1]['output_throughput']:.1f} tok/s, "
+                  f"TTFT {mine[-1]['median_ttft_ms']:.0f} ms", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+    result = agreement(mine, vllm, a.tolerance)
+    keep = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
+            "total_output_tokens", "completed", "failed", "duration")
+    (a.out / "validate.json").write_text(json.dumps({
+        "settings": {k: str(v) for k, v in vars(a).items()}, "agreement": result,
+        "ours": [{k: x.get(k) for k in keep} for x in mine],
+        "vllm": [{k: x.get(k) for k in keep} for x in vllm]}, indent=2))
+    for m in COMPARED:
+        r = result[m]
+        print(f"{m}: this client {r['ours']:.2f}, vLLM harness {r['vllm']:.2f}, "
+              f"ratio {r['ratio']:.3f} ({'within' if r['ok'] else 'OUTSIDE'} "
+              f"{a.tolerance:.0%})")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
