@@ -1,0 +1,169 @@
+"""``python -m deployment``: run, plan or render an InferenceService without a cluster.
+
+Why a CLI and not only a test helper: users who write an InferenceService want to know, before
+they apply it, that the runtime it selects starts with their arguments, that its probes answer
+on the paths and ports the manifest names, and what the pods will look like to a scanner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from deployment.local import LocalDeployment, StartupError
+from deployment.manifests import ManifestError, find_isvc, load_manifests, plan
+from deployment.pods import pod_documents
+
+EPILOG = """\
+examples:
+  # run the CPU example against a local model folder, check every probe, keep serving:
+  python -m deployment run --isvc servingruntimes/examples/smollm2-standard-cpu.yaml \\
+      --runtime servingruntimes/ --model-dir .models/smollm2
+  # the same, exit 0 once all probes pass (CI), predictor only, ports from 8080 upwards:
+  python -m deployment run --isvc ... --runtime servingruntimes/ --model-dir ... \\
+      --component predictor --base-port 8080 --check
+  # what would run, and the Pods KServe would create (for checkov, kubeconform, ...):
+  python -m deployment plan --isvc ... --runtime servingruntimes/
+  python -m deployment pods --isvc ... --runtime servingruntimes/ > pods.yaml
+
+How it maps a pod to this machine: `python` is this interpreter; /mnt/models is --model-dir;
+each emptyDir is a folder under --workdir; every port of a component (containerPort, probe
+port, --*port flag, *_PORT variable) gets a local port; fieldRef variables get local values
+(status.podIP = 127.0.0.1); the explainer's --predictor_host is the local predictor; in
+multi-node runtimes the workers are started next to the head and HEAD_SVC is 127.0.0.1.
+GPU requests are not emulated: GPU manifests run on whatever vLLM build is installed.
+"""
+
+
+def _runtime_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p]
+    return files
+
+
+def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--env expects KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Sub-commands ``run``, ``plan`` and ``pods`` sharing the manifest options."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--isvc", required=True, help="YAML file with the InferenceService")
+    common.add_argument("--name", help="which InferenceService, if the file holds several")
+    common.add_argument("--runtime", action="append", required=True,
+                        help="ServingRuntime / ClusterServingRuntime YAML file or folder "
+                        "(repeatable)")
+    common.add_argument("--component", choices=["predictor", "explainer", "all"], default="all",
+                        help="which components to run (default: all the InferenceService has)")
+    common.add_argument("--namespace", default="default",
+                        help="namespace the pods pretend to live in (default: default)")
+    parser = argparse.ArgumentParser(
+        prog="python -m deployment",
+        description="Run a KServe InferenceService's containers on this machine and check their "
+        "probes, print what would run, or render the Pods KServe would create.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="start the containers, check probes",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    run.add_argument("--model-dir", required=True, help="local folder that stands for "
+                     "/mnt/models (what KServe's storage initializer would download)")
+    run.add_argument("--base-port", type=int, default=0,
+                     help="assign local ports from this number upwards (default: free ports)")
+    run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                     help="override an environment variable in every container (repeatable)")
+    run.add_argument("--workdir", help="logs and emptyDir folders (default: a new temp dir)")
+    run.add_argument("--predictor-host", help="HOST:PORT of a predictor for --component "
+                     "explainer")
+    run.add_argument("--check", action="store_true",
+                     help="exit (0) once every probe has passed instead of serving until Ctrl-C")
+    sub.add_parser("plan", parents=[common], help="print the commands, env and probes")
+    sub.add_parser("pods", parents=[common], help="print the Pods KServe would create (YAML)")
+    return parser
+
+
+def _serve(dep: LocalDeployment) -> int:
+    """Keep the processes up until Ctrl-C / SIGTERM or until one of them exits."""
+    stop = {"now": False}
+
+    def _handler(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    while not stop["now"]:
+        for c in dep.containers:
+            code = c.process.exit_code()
+            if code is not None:
+                print(f"[{c.name}] exited with {code}\n{c.process.log_tail()}", file=sys.stderr)
+                return 1
+        time.sleep(1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    components = ("predictor", "explainer") if args.component == "all" else (args.component,)
+    try:
+        manifests = load_manifests([args.isvc, *_runtime_files(args.runtime)])
+        isvc = find_isvc(manifests, args.name)
+        plans = plan(isvc, manifests, components)
+    except (ManifestError, OSError, yaml.YAMLError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "pods":
+        yaml.safe_dump_all(pod_documents(plans, args.namespace), sys.stdout, sort_keys=False)
+        return 0
+    if args.command == "plan":
+        for p in plans:
+            c = p.container
+            print(f"# {p.component} / {p.pod_name} ({p.role})")
+            print(yaml.safe_dump({"command": c.get("command"), "args": c.get("args"),
+                                  "env": c.get("env"), "injected_env": p.injected_env,
+                                  "ports": c.get("ports"),
+                                  "probes": {k: c[k] for k in ("startupProbe", "readinessProbe",
+                                                                "livenessProbe") if k in c}},
+                                 sort_keys=False))
+        return 0
+    try:
+        dep = LocalDeployment(plans, model_dir=args.model_dir, workdir=args.workdir,
+                              base_port=args.base_port, extra_env=_env_pairs(args.env),
+                              predictor_host=args.predictor_host, namespace=args.namespace)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        dep.start()
+        name = isvc.doc["metadata"]["name"]
+        for comp in components:
+            try:
+                print(f"{comp}: {dep.component_url(comp)}")
+            except KeyError:
+                pass
+        if "predictor" in components:
+            print(f"try: curl {dep.component_url('predictor')}/openai/v1/chat/completions "
+                  f"-H 'content-type: application/json' -d '{{\"model\": \"{name}\", "
+                  f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+        print("all probes passed")
+        return 0 if args.check else _serve(dep)
+    except StartupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dep.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Run an InferenceService's containers as local processes and check their probes.
+
+Why: the closest thing to ``kubectl apply`` that runs without a cluster. Each container planned
+by ``deployment.manifests`` runs its own command and arguments with the manifest's environment;
+``/mnt/models`` becomes a local model folder, every emptyDir a folder under the work directory,
+ports become free local ports (the same manifest port maps to one local port inside a
+component, as inside one pod network), and the explainer's ``--predictor_host`` points at the
+local predictor, as KServe's controller points it at the predictor Service. Then every probe is
+checked on its path and port, so a probe that lies or a port that nobody listens on fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployment.manifests import ContainerPlan, ManifestError
+from deployment.probes import PROBE_KINDS, ProbeResult, budget_seconds, run_probe
+from deployment.processes import ChildProcess, free_port
+
+MODEL_MOUNT = "/mnt/models"
+_PORT_FLAG = re.compile(r"^--[\w-]*port$")
+_PORT_FLAG_EQ = re.compile(r"^(--[\w-]*port)=(\d+)$")
+
+
+class StartupError(RuntimeError):
+    """A container exited, or its probes did not pass within the manifest's budget."""
+
+
+def local_executable(name: str) -> str:
+    """``python`` is this interpreter; other commands come from its venv, then from PATH."""
+    if name in ("python", "python3", "python3.11"):
+        return sys.executable
+    venv_bin = Path(sys.executable).parent / name
+    if venv_bin.exists():
+        return str(venv_bin)
+    return shutil.which(name) or name
+
+
+def _map_paths(value: str, paths: dict[str, str]) -> str:
+    for src, dst in paths.items():
+        value = re.sub(rf"(?<![\w.~/-]){re.escape(src)}(?=/|$|[^\w.-])", dst, value)
+    return value
+
+
+def _declared_ports(c: dict[str, Any], env: dict[str, str]) -> set[int]:
+    ports = {int(p["containerPort"]) for p in c.get("ports", [])}
+    for kind in PROBE_KINDS:
+        for action in ("httpGet", "tcpSocket"):
+            port = c.get(kind, {}).get(action, {}).get("port")
+            if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+                ports.add(int(port))
+    args = list(c.get("command", [])) + list(c.get("args", []))
+    for i, tok in enumerate(args):
+        if (m := _PORT_FLAG_EQ.match(tok)):
+            ports.add(int(m.group(2)))
+        elif _PORT_FLAG.match(tok) and i + 1 < len(args) and args[i + 1].isdigit():
+            ports.add(int(args[i + 1]))
+    ports |= {int(v) for k, v in env.items() if k.endswith("_PORT") and v.isdigit()}
+    return ports
+
+
+def _map_ports(argv: list[str], port_map: dict[int, int]) -> list[str]:
+    out = []
+    for i, tok in enumerate(argv):
+        if (m := _PORT_FLAG_EQ.match(tok)) and int(m.group(2)) in port_map:
+            tok = f"{m.group(1)}={port_map[int(m.group(2))]}"
+        elif (i > 0 and _PORT_FLAG.match(argv[i - 1]) and tok.isdigit()
+              and int(tok) in port_map):
+            tok = str(port_map[int(tok)])
+        out.append(tok)
+    return out
+
+
+@dataclass
+class LocalContainer:
+    """A planned container turned into a local command line, environment and port map."""
+
+    plan: ContainerPlan
+    argv: list[str]
+    env: dict[str, str]
+    port_map: dict[int, int]
+    process: ChildProcess
+    results: list[ProbeResult] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.plan.pod_name
+
+    def http_port(self) -> int | None:
+        """The local port of the container's first declared port (its serving port)."""
+        ports = self.plan.container.get("ports", [])
+        return self.port_map.get(int(ports[0]["containerPort"])) if ports else None
+
+    def probe(self, kind: str) -> ProbeResult:
+        spec = self.plan.container[kind]
+        exec_argv = None
+        if "exec" in spec:
+            cmd = spec["exec"]["command"]
+            exec_argv = [local_executable(cmd[0]), *cmd[1:]]
+        return run_probe(kind, spec, self.plan.container, self.port_map, self.env, exec_argv)
+
+
+class LocalDeployment:
+    """The containers of one InferenceService, started in order and checked probe by probe.
+
+    ``plans`` come from ``deployment.manifests.plan``. ``model_dir`` replaces ``/mnt/models``;
+    ``extra_env`` overrides any environment variable of every container (e.g. a smaller KV
+    cache); ``base_port`` assigns local ports from that number upwards (0: free ports).
+    ``predictor_host`` is used for the explainer when the predictor is not started here.
+    """
+
+    def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path,
+                 workdir: str | Path | None = None, base_port: int = 0,
+                 extra_env: dict[str, str] | None = None, predictor_host: str | None = None,
+                 echo: Callable[[str], None] = print, namespace: str = "default") -> None:
+        if not plans:
+            raise ManifestError("nothing to run: no container planned")
+        self.model_dir = str(Path(model_dir).resolve())
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
+        self.extra_env = dict(extra_env or {})
+        self.predictor_host = predictor_host
+        self.echo = echo
+        self.namespace = namespace
+        self._next_port = base_port
+        self._port_maps: dict[str, dict[int, int]] = {}
+        self.containers = [self._localise(p) for p in plans]
+
+    # ----- turning a plan into a local command -------------------------------------------
+    def _port(self) -> int:
+        if self._next_port:
+            self._next_port += 1
+            return self._next_port - 1
+        return free_port()
+
+    def _env(self, plan: ContainerPlan) -> dict[str, str]:
+        env = dict(os.environ)
+        field_values = {"status.podIP": "127.0.0.1", "metadata.namespace": self.namespace,
+                        "metadata.name": plan.pod_name, "spec.nodeName": "localhost",
+                        "status.hostIP": "127.0.0.1"}
+        for var in plan.container.get("env", []):
+            if "value" in var:
+                env[var["name"]] = str(var["value"])
+            elif "fieldRef" in var.get("valueFrom", {}):
+                env[var["name"]] = field_values.get(var["valueFrom"]["fieldRef"]["fieldPath"], "")
+            elif var["name"] not in self.extra_env:
+                raise ManifestError(f"{plan.pod_name}: env {var['name']} comes from "
+                                    f"{sorted(var.get('valueFrom', {}))}; give it with --env")
+        env.update(plan.injected_env)
+        if "HEAD_SVC" in plan.injected_env:
+            env["HEAD_SVC"] = "127.0.0.1"  # the head "Service" is this machine
+        env.update(self.extra_env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _localise(self, plan: ContainerPlan) -> LocalContainer:
+        c = plan.container
+        if not c.get("command"):
+            raise ManifestError(f"{plan.pod_name}: container {c.get('name')!r} has no command; "
+                                "the local runner cannot know the image's entrypoint")
+        env = self._env(plan)
+        own = {v["name"] for v in c.get("env", [])} | set(plan.injected_env) | set(self.extra_env)
+        port_map = self._port_maps.setdefault(plan.component, {})
+        for port in sorted(_declared_ports(c, {k: env[k] for k in own if k in env})):
+            if port not in port_map:
+                port_map[port] = self._port()
+        paths = {MODEL_MOUNT: self.model_dir}
+        volumes = {v["name"]: v for v in plan.pod.get("volumes", [])}
+        for mount in c.get("volumeMounts", []):
+            vol = volumes.get(mount["name"], {})
+            if "emptyDir" in vol and mount["mountPath"] != "/dev/shm":
+                local = self.workdir / "volumes" / plan.pod_name / mount["name"]
+                local.mkdir(parents=True, exist_ok=True)
+                paths[mount["mountPath"]] = str(local)
+        argv = [_map_paths(a, paths) for a in [*c["command"], *c.get("args", [])]]
+        argv = _map_ports([local_executable(argv[0]), *argv[1:]], port_map)
+        for key in own & set(env):
+            value = _map_paths(env[key], paths)
+            if key.endswith("_PORT") and value.isdigit() and int(value) in port_map:
+                value = str(port_map[int(value)])
+            env[key] = value
+        log = self.workdir / "logs" / f"{plan.pod_name}.log"
+        return LocalContainer(plan, argv, env, port_map, ChildProcess(argv, env, log))
+
+    # ----- running -----------------------------------------------------------------------
+    def component_url(self, component: str) -> str:
+        """``http://127.0.0.1:PORT`` of a component's serving port (its first containerPort)."""
+        for c in self.containers:
+            if c.plan.component == component and c.http_port():
+                return f"http://127.0.0.1:{c.http_port()}"
+        raise KeyError(f"no running {component} with a declared port")
+
+    def _predictor_address(self) -> str:
+        try:
+            return self.component_url("predictor").removeprefix("http://")
+        except KeyError:
+            if self.predictor_host:
+                return self.predictor_host
+            raise ManifestError("the explainer needs a predictor: run both components or give "
+                                "--predictor-host") from None
+
+    def start(self) -> LocalDeployment:
+        """Start each component's containers, wait for their startup probes, check all probes.
+
+        Components start in plan order (predictor, then explainer, like KServe's readiness
+        chain). Raises StartupError with the log tail of the container that failed.
+        """
+        self.echo(f"work directory: {self.workdir}")
+        for component in dict.fromkeys(c.plan.component for c in self.containers):
+            group = [c for c in self.containers if c.plan.component == component]
+            for c in group:
+                if component == "explainer" and "--predictor_host" in c.argv:
+                    c.argv[c.argv.index("--predictor_host") + 1] = self._predictor_address()
+                self.echo(f"[{c.name}] {' '.join(c.argv)}")
+                self.echo(f"[{c.name}]   ports {c.port_map}  log {c.process.log_path}")
+                c.process.start()
+            self.wait_started(group)
+            for c in group:
+                c.results = [c.probe(kind) for kind in PROBE_KINDS if kind in c.plan.container]
+                for r in c.results:
+                    self.echo(f"[{c.name}] {r}")
+                failed = [r for r in c.results if not r.ok]
+                if failed:
+                    raise StartupError(f"{c.name}: {len(failed)} probe(s) failed after start-up:"
+                                       f" {failed}\n--- log tail ---\n{c.process.log_tail()}")
+        return self
+
+    def start_container(self, c: LocalContainer) -> None:
+        """Start one container (for callers that order start-up themselves, e.g. tests)."""
+        self.echo(f"[{c.name}] {' '.join(c.argv)}")
+        c.process.start()
+
+    def wait_started(self, group: Sequence[LocalContainer], timeout: float | None = None) -> None:
+        """Poll each container's startup probe (else readiness) every second until it passes.
+
+        Fails when a process exits or the probe's own budget (initialDelaySeconds +
+        periodSeconds x failureThreshold) passes; ``timeout`` caps that budget.
+        """
+        pending = list(group)
+        started = time.monotonic()
+        while pending:
+            for c in list(pending):
+                kind = next((k for k in ("startupProbe", "readinessProbe")
+                             if k in c.plan.container), None)
+                if kind is None:
+                    pending.remove(c)
+                    continue
+                budget = budget_seconds(c.plan.container[kind])
+                if timeout is not None:
+                    budget = min(budget, timeout)
+                code = c.process.exit_code()
+                if code is not None:
+                    raise StartupError(f"{c.name} exited with {code} during start-up\n"
+                                       f"--- log tail ---\n{c.process.log_tail()}")
+                if c.probe(kind).ok:
+                    self.echo(f"[{c.name}] started after {time.monotonic() - started:.0f} s")
+                    pending.remove(c)
+                elif time.monotonic() - started > budget:
+                    raise StartupError(f"{c.name}: {kind} did not pass within its budget of "
+                                       f"{budget:.0f} s\n--- log tail ---\n"
+                                       f"{c.process.log_tail()}")
+            if pending:
+                time.sleep(1.0)
+
+    def stop(self) -> None:
+        """Stop every container, last started first (each with its whole session)."""
+        for c in reversed(self.containers):
+            if c.process.proc is not None:
+                code = c.process.stop()
+                self.echo(f"[{c.name}] stopped (exit {code})")
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
