@@ -10,6 +10,10 @@ MODEL_NAME ?= smollm2
 HTTP_PORT ?= 8080
 GRPC_PORT ?= 8081
 PYTEST_ARGS ?=
+# vLLM's CPU build sizes its KV cache from this (GiB); without it, it reserves most of RAM.
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export HF_HUB_OFFLINE ?= 1
+export VLLM_NO_USAGE_STATS ?= 1
 
 .PHONY: install model serve test lint unit clean
 

@@ -13,6 +13,7 @@ sets it, the instrumented engine reads it when it records token timings.
 from __future__ import annotations
 
 import contextvars
+
 from prometheus_client import Counter, Histogram
 
 PROTOCOLS = ("openai", "v2-rest", "v2-generate", "v2-grpc")
