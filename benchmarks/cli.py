@@ -45,6 +45,9 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--goodput", nargs="*", default=None, metavar="SLO",
                    help="SLOs for goodput, e.g. ttft:500 tpot:100 (ms)")
     g.add_argument("--request-timeout", type=float, default=600.0)
+    g.add_argument("--cooldown", type=float, default=2.0,
+                   help="idle seconds before each point (vLLM's CPU engine spins ~1 s after "
+                        "its last request, slowing whichever server runs next)")
     w = p.add_argument_group("workload")
     w.add_argument("--dataset", choices=("random", "jsonl", "sharegpt"), default="random")
     w.add_argument("--dataset-path", default=None)
@@ -87,6 +90,7 @@ def plan_from(args: argparse.Namespace) -> RunPlan:
         raise SystemExit(str(exc)) from exc
     return RunPlan(apis=args.api, loads=loads, repeats=args.repeats, warmup=args.warmup,
                    seed=args.seed, slos_ms=slos, request_timeout_s=args.request_timeout,
+                   cooldown_s=args.cooldown,
                    sampling=Sampling(temperature=args.temperature,
                                      ignore_eos=not args.no_ignore_eos))
 
@@ -130,7 +134,8 @@ def config_dict(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
             "seed": plan.seed, "dataset": args.dataset, "dataset_path": args.dataset_path,
             "input_len": args.input_len, "output_len": args.output_len,
             "temperature": plan.sampling.temperature, "ignore_eos": plan.sampling.ignore_eos,
-            "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms}
+            "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms,
+            "cooldown_s": plan.cooldown_s}
 
 
 def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str,

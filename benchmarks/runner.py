@@ -36,6 +36,7 @@ class RunPlan:
     sampling: Sampling = field(default_factory=Sampling)
     slos_ms: dict[str, float] = field(default_factory=dict)
     request_timeout_s: float = 600.0
+    cooldown_s: float = 2.0
 
 
 @dataclass
@@ -143,6 +144,9 @@ async def run_benchmark(
                     for t in order_targets(targets, turn):
                         sender, session = clients.sender_for(t, api)
                         pbar.set_postfix_str(f"{t.name} {api} {load.label} rep {repeat}")
+                        # vLLM's CPU engine keeps spinning ~1 s after its last request; on a
+                        # small machine both engines share a core, so let the last one settle.
+                        await asyncio.sleep(plan.cooldown_s)
                         res = await run_point(sender, session, t, prompts, plan.sampling, load,
                                               api=api, repeat=repeat,
                                               seed=plan.seed * 1000 + li * 10 + repeat,

@@ -53,7 +53,7 @@ def ours(a: argparse.Namespace, url: str, seed: int, tokenizer: Any) -> dict[str
     prompts = random_prompts(tokenizer, a.num_prompts + a.warmup, a.input_len, a.output_len,
                              seed)
     load = Load(concurrency=a.concurrency)
-    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=a.warmup, seed=seed)
+    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=a.warmup, seed=seed, cooldown_s=2.0)
     res = run([Target("vllm", url, a.served_model_name)],
               {("openai-chat", load.label, 0): prompts[:a.num_prompts]},
               prompts[a.num_prompts:], plan, tokenizer, progress=False)

@@ -98,7 +98,7 @@ def fake_url() -> Iterator[str]:
 def test_run_against_scripted_server(fake_url: str) -> None:
     prompts = [Prompt(f"p{i}", 3, TOKENS) for i in range(12)]
     plan = RunPlan(apis=["openai-chat", "v2-generate-stream"], loads=[Load(concurrency=3)],
-                   warmup=0)
+                   warmup=0, cooldown_s=0.0)
     sets = {(api, "c3", 0): prompts for api in plan.apis}
 
     def words(text: str, add_special_tokens: bool = False) -> SimpleNamespace:

