@@ -144,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds into `finally`, which stops every container
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         dep.start()
         name = isvc.doc["metadata"]["name"]
@@ -161,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     finally:
         dep.stop()
 

@@ -217,8 +217,8 @@ class LocalDeployment:
         for component in dict.fromkeys(c.plan.component for c in self.containers):
             group = [c for c in self.containers if c.plan.component == component]
             for c in group:
-                if component == "explainer" and "--predictor_host" in c.argv:
-                    c.argv[c.argv.index("--predictor_host") + 1] = self._predictor_address()
+                if component == "explainer":
+                    self._point_at_predictor(c)
                 self.echo(f"[{c.name}] {' '.join(c.argv)}")
                 self.echo(f"[{c.name}]   ports {c.port_map}  log {c.process.log_path}")
                 c.process.start()
@@ -233,8 +233,19 @@ class LocalDeployment:
                                        f" {failed}\n--- log tail ---\n{c.process.log_tail()}")
         return self
 
+    def _point_at_predictor(self, c: LocalContainer) -> None:
+        """``--predictor_host`` (as KServe appends it) becomes the local predictor's address."""
+        for i, tok in enumerate(c.argv):
+            if tok == "--predictor_host" and i + 1 < len(c.argv):
+                c.argv[i + 1] = self._predictor_address()
+            elif tok.startswith("--predictor_host="):
+                c.argv[i] = f"--predictor_host={self._predictor_address()}"
+        c.process.argv = list(c.argv)
+
     def start_container(self, c: LocalContainer) -> None:
         """Start one container (for callers that order start-up themselves, e.g. tests)."""
+        if c.plan.component == "explainer":
+            self._point_at_predictor(c)
         self.echo(f"[{c.name}] {' '.join(c.argv)}")
         c.process.start()
 

@@ -55,6 +55,7 @@ class ContainerPlan:
     pod: dict[str, Any]
     injected_env: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -303,10 +304,14 @@ def plan_explainer(isvc: Manifest) -> list[ContainerPlan]:
 
 def plan(isvc: Manifest, runtimes: Sequence[Manifest],
          components: Sequence[str] = ("predictor", "explainer")) -> list[ContainerPlan]:
-    """Every container of the chosen components, predictor first."""
+    """Every container of the chosen components, predictor first, with the labels KServe puts
+    on their pods (which NetworkPolicies select)."""
     plans: list[ContainerPlan] = []
     if "predictor" in components:
         plans += plan_predictor(isvc, select_runtime(isvc.doc, runtimes))
     if "explainer" in components:
         plans += plan_explainer(isvc)
+    for p in plans:
+        p.labels = {"serving.kserve.io/inferenceservice": isvc.doc["metadata"]["name"],
+                    "component": p.component}
     return plans

@@ -39,7 +39,7 @@ def pod_document(plan: ContainerPlan, namespace: str | None = None) -> dict[str,
                    in enumerate(sorted(skip_justifications(plan.sources).items()), start=1)}
     metadata: dict[str, Any] = {
         "name": plan.pod_name,
-        "labels": {"component": plan.component, "role": plan.role},
+        "labels": {**plan.labels, "role": plan.role},
         "annotations": annotations,
     }
     if namespace:
