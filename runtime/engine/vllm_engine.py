@@ -182,6 +182,7 @@ class VLLMEngine(Engine):
         self.openai_app: Any = None  # vLLM's FastAPI app, mounted by the protocol layer
         self._stack = contextlib.AsyncExitStack()
         self._stats_task: asyncio.Task[None] | None = None
+        self.supported_tasks: tuple[str, ...] = ()
 
     @property
     def max_model_len(self) -> int:
@@ -239,6 +240,10 @@ class VLLMEngine(Engine):
     def _state(self) -> Any:
         if self.openai_app is None:
             raise EngineUnavailableError("engine loading")
+        if "generate" not in self.supported_tasks:
+            raise ClientError(
+                f"model {self.model_name} does not generate text (it supports "
+                f"{', '.join(self.supported_tasks)}); use /openai/v1/embeddings")
         return self.openai_app.state
 
     def _completion_request(self, prompts: list[str], params: dict[str, Any],
