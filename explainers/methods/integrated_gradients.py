@@ -91,9 +91,11 @@ class IntegratedGradients(ExplanationMethod):
         targets = torch.tensor(task.response_ids)
 
         def forward(input_ids: torch.Tensor) -> torch.Tensor:
-            logits = model(input_ids=input_ids).logits
-            # logits at position p predict token p + 1
-            logp = torch.log_softmax(logits[:, n_prompt - 1:n_prompt - 1 + n_resp, :], dim=-1)
+            hidden = model.model(input_ids=input_ids).last_hidden_state
+            # the hidden state at position p predicts token p + 1; project only the positions
+            # that predict response tokens (the vocabulary projection dominates the cost)
+            logits = model.lm_head(hidden[:, n_prompt - 1:n_prompt - 1 + n_resp, :])
+            logp = torch.log_softmax(logits, dim=-1)
             picked = logp.gather(-1, targets.expand(input_ids.shape[0], -1).unsqueeze(-1))
             return picked.squeeze(-1).sum(dim=-1)
 
