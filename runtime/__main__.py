@@ -4,11 +4,9 @@ from __future__ import annotations
 
 
 def main() -> None:
-    import logging
+    from runtime import cli, logs, server
 
-    from runtime import cli, server
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     server.run(cli.parse())
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from runtime.limits import Limits
 from runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest accepted HTTP body; larger gets 413")
     p.add_argument("--health_check_interval", type=float, default=1.0,
                    help="seconds between engine health checks")
+    p.add_argument("--api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but health and "
+                        "metrics (gRPC: 'authorization' metadata). Also read from $API_KEY. "
+                        "vLLM's --api-key is this flag.")
+    p.add_argument("--protect_metrics", type=_bool, default=False,
+                   help="require the API key on /metrics too")
+    p.add_argument("--max_waiting_requests", type=int, default=None,
+                   help="engine requests allowed to wait beyond the running batch; past it "
+                        "429 / RESOURCE_EXHAUSTED with Retry-After (default: unbounded)")
+    p.add_argument("--drain_timeout", type=float, default=25.0,
+                   help="on SIGTERM: readiness turns false, new requests get 503, in-flight "
+                        "requests get this many seconds to finish (fits Kubernetes' 30 s grace)")
+    p.add_argument("--max_batch_size", type=int, default=256, help="v2 prompts per request")
+    p.add_argument("--max_n", type=int, default=16, help="largest OpenAI n")
+    p.add_argument("--max_tokens_limit", type=int, default=None, help="largest max_tokens")
+    p.add_argument("--max_stop_sequences", type=int, default=32, help="most stop sequences")
     p.add_argument("--help-engine", action="store_true", help="list vLLM's engine arguments")
     return p
 
@@ -152,4 +170,11 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         engine_argv=engine_argv,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        api_key=args.api_key or os.environ.get("API_KEY") or None,
+        protect_metrics=args.protect_metrics,
+        max_waiting_requests=args.max_waiting_requests,
+        drain_timeout=args.drain_timeout,
+        limits=Limits(max_batch_size=args.max_batch_size, max_n=args.max_n,
+                      max_tokens=args.max_tokens_limit,
+                      max_stop_sequences=args.max_stop_sequences),
     )

@@ -49,6 +49,21 @@ class PayloadTooLargeError(ClientError):
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
+class UnauthorizedError(ClientError):
+    """Missing or wrong API key (401 / UNAUTHENTICATED)."""
+
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = "UNAUTHENTICATED"
+
+
+class OverloadedError(ClientError):
+    """Too many requests are waiting for the engine (429 / RESOURCE_EXHAUSTED); retry later."""
+
+    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    grpc_code = "RESOURCE_EXHAUSTED"
+    retry_after = 1
+
+
 class ServerError(ServingError):
     """The server is at fault (500 / INTERNAL). Logged with the request id."""
 
@@ -58,6 +73,7 @@ class EngineUnavailableError(ServerError):
 
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
     grpc_code = "UNAVAILABLE"
+    retry_after = 5
 
 
 def from_status(status: int, message: str) -> ServingError:

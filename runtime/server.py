@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import Any
 
+from runtime.admission import Admission
 from runtime.engine.vllm_engine import VLLMEngine
 from runtime.lifecycle import Lifecycle, State
 from runtime.settings import RuntimeSettings
@@ -19,44 +21,105 @@ from runtime.settings import RuntimeSettings
 logger = logging.getLogger(__name__)
 
 
-async def supervise(engine: VLLMEngine, lifecycle: Lifecycle, settings: RuntimeSettings,
-                    stopping: asyncio.Event) -> None:
-    """Start the engine, then check its health until shutdown; DEAD within one interval of
-    the engine process dying, so readiness and liveness turn false (Kubernetes restarts us)."""
-    await engine.start()
-    lifecycle.set(State.READY, "engine answered")
-    try:
-        while not stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.health_check_interval)
-            if stopping.is_set():
-                break
-            try:
-                await asyncio.wait_for(engine.check_health(), timeout=5)
-            except Exception as exc:  # any failure of the health check means no engine
-                lifecycle.set(State.DEAD, f"engine health check failed: {exc!r}")
-                logger.error("engine is dead: %r; readiness and liveness are now false", exc)
-                return
-    finally:
-        if lifecycle.state is not State.DEAD:
-            lifecycle.set(State.STOPPED, "shutdown")
-        with contextlib.suppress(Exception):
-            await engine.stop()
+class Supervisor:
+    """Owns the engine's life: start, health checks, drain on SIGTERM, stop.
+
+    DEAD within one health interval of the engine process dying (readiness and liveness turn
+    false, so Kubernetes restarts the pod). On SIGTERM/SIGINT: DRAINING at once (readiness
+    false, new requests 503), in-flight requests get ``drain_timeout`` seconds, then the
+    servers stop and the engine shuts down.
+    """
+
+    def __init__(self, engine: VLLMEngine, lifecycle: Lifecycle, admission: Admission,
+                 settings: RuntimeSettings, model_server: Any) -> None:
+        self.engine = engine
+        self.lifecycle = lifecycle
+        self.admission = admission
+        self.settings = settings
+        self.model_server = model_server
+        self.stopping = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Called when KServe unloads the model (its own signal path); ends supervision."""
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_soon_threadsafe(self.stopping.set)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s))
+
+    def _on_signal(self, sig: int) -> None:
+        if self.lifecycle.state is State.DRAINING:
+            logger.warning("second signal %s while draining: stopping now", sig)
+            self._stop_servers(sig)
+            return
+        self.lifecycle.set(State.DRAINING, f"draining after signal {sig}")
+        asyncio.get_running_loop().create_task(self._drain(sig))
+
+    async def _drain(self, sig: int) -> None:
+        in_flight = self.admission.requests
+        logger.info("draining %d in-flight requests (timeout %.0f s)", in_flight,
+                    self.settings.drain_timeout)
+        if await self.admission.wait_idle(self.settings.drain_timeout):
+            logger.info("drained; stopping")
+        else:
+            logger.warning("drain timeout: %d requests still in flight are cut off",
+                           self.admission.requests)
+        self._stop_servers(sig)
+
+    def _stop_servers(self, sig: int) -> None:
+        rest = getattr(self.model_server, "_rest_server", None)
+        if rest is not None:
+            rest._server.should_exit = True
+        self.model_server.stop(sig)  # gRPC server stop + model unload -> request_stop()
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Start the engine, then watch its health until shutdown."""
+        await self.engine.start()
+        self.lifecycle.set(State.READY, "engine answered")
+        self._install_signals()
+        try:
+            while not self.stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(),
+                                           self.settings.health_check_interval)
+                if self.stopping.is_set():
+                    break
+                try:
+                    await asyncio.wait_for(self.engine.check_health(), timeout=5)
+                except Exception as exc:  # any failure of the health check means no engine
+                    self.lifecycle.set(State.DEAD, f"engine health check failed: {exc!r}")
+                    logger.error("engine is dead: %r; readiness and liveness are now false",
+                                 exc)
+                    return
+        finally:
+            if self.lifecycle.state is not State.DEAD:
+                self.lifecycle.set(State.STOPPED, "shutdown")
+            with contextlib.suppress(Exception):
+                await self.engine.stop()
 
 
-def install_routes(app: Any, engine: VLLMEngine, lifecycle: Lifecycle,
+def install_routes(app: Any, engine: VLLMEngine, lifecycle: Lifecycle, admission: Admission,
                    settings: RuntimeSettings, served_names: list[str]) -> None:
-    """Add the runtime's routes to KServe's app. They are registered before KServe's own
-    (which KServe adds when its REST server starts), so where paths coincide, ours answer."""
+    """Add the runtime's middleware and routes to KServe's app. They are registered before
+    KServe's own (which KServe adds when its REST server starts), so where paths coincide,
+    ours answer."""
     from starlette.routing import Mount, Route
 
-    from runtime.protocol import generate, http_errors, metadata, openai
+    from runtime.protocol import gate, generate, http_errors, metadata, openai
 
     http_errors.install_error_handlers(app)
     app.add_middleware(http_errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.include_router(generate.build_router(engine, lifecycle, served_names))
+    app.add_middleware(gate.Gate, lifecycle=lifecycle, admission=admission,
+                       api_key=settings.api_key, protect_metrics=settings.protect_metrics,
+                       model_name=settings.model_name)
+    app.include_router(generate.build_router(engine, lifecycle, served_names, admission,
+                                             settings.limits))
     app.include_router(metadata.build_router(engine, served_names))
-    gateway = openai.OpenAIGateway(engine, lifecycle, settings.model_name)
+    gateway = openai.OpenAIGateway(engine, lifecycle, settings.model_name, admission,
+                                   settings.limits)
     app.router.routes.append(Mount("/openai", app=gateway))
     for path in openai.UNPREFIXED_ROUTES:
         app.router.routes.append(Route(path, endpoint=gateway, methods=["POST"]))
@@ -64,8 +127,10 @@ def install_routes(app: Any, engine: VLLMEngine, lifecycle: Lifecycle,
 
 def run(settings: RuntimeSettings) -> None:
     """Build and serve until SIGTERM/SIGINT. Blocks."""
-    engine = VLLMEngine(settings)  # parses the engine arguments: bad flags fail before serving
     lifecycle = Lifecycle()
+    admission = Admission(settings.model_name, capacity=256,
+                          max_waiting=settings.max_waiting_requests)
+    engine = VLLMEngine(settings, admission)  # parses engine arguments: bad flags fail first
 
     # kserve is imported only now: it parses sys.argv at import time (FACTS.md).
     from kserve import ModelServer
@@ -74,7 +139,7 @@ def run(settings: RuntimeSettings) -> None:
     from runtime.dataplane import RuntimeDataPlane
     from runtime.model import LLMModel
 
-    model = LLMModel(settings.model_name, engine, lifecycle)
+    model = LLMModel(settings.model_name, engine, lifecycle, admission, settings)
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
@@ -94,18 +159,17 @@ def run(settings: RuntimeSettings) -> None:
     names = [settings.model_name, *settings.served_model_aliases]
     for name in names:
         server.register_model(model, name)
-    install_routes(app, engine, lifecycle, settings, names)
+    install_routes(app, engine, lifecycle, admission, settings, names)
 
-    stopping = asyncio.Event()
+    supervisor = Supervisor(engine, lifecycle, admission, settings, server)
     original_stop = model.stop
 
-    def stop_model() -> None:  # KServe calls model.stop() (via unload) on SIGTERM/SIGINT
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().call_soon_threadsafe(stopping.set)
+    def stop_model() -> None:  # KServe calls model.stop() (via unload) when it stops
+        supervisor.request_stop()
         original_stop()
 
     model.stop = stop_model  # type: ignore[method-assign]
     # KServe's start() refuses a model that is not ready yet; ours becomes ready once the engine
     # has loaded, so it is registered above and its supervisor joins KServe's servers.
-    server.servers.append(supervise(engine, lifecycle, settings, stopping))
+    server.servers.append(supervisor.run())
     server.start([])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from runtime.limits import Limits
+
 
 class RuntimeSettings(BaseModel):
     """Everything the runtime itself (not the vLLM engine) is configured with."""
@@ -37,5 +39,14 @@ class RuntimeSettings(BaseModel):
     engine_argv: list[str] = Field(
         default_factory=list, description="vLLM engine arguments, passed through unchanged."
     )
+    api_key: str | None = Field(
+        default=None, description="Bearer key required on every route but health (and metrics).")
+    protect_metrics: bool = False
+    max_waiting_requests: int | None = Field(
+        default=None, description="Engine requests allowed to wait beyond the running batch; "
+                                  "past it, 429 / RESOURCE_EXHAUSTED. None: unbounded.")
+    drain_timeout: float = Field(
+        default=25.0, description="On SIGTERM, seconds to let in-flight requests finish.")
+    limits: Limits = Field(default_factory=Limits)
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None

@@ -32,6 +32,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
 
+from runtime.admission import Admission
 from runtime.engine.base import Completion, Delta, Engine, GenerationRequest
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
 from runtime.metrics import current_protocol, record_engine_request
@@ -109,9 +110,10 @@ class InstrumentedEngineClient:
     per-request timestamps (``RequestOutput.metrics``).
     """
 
-    def __init__(self, client: EngineClient, model_name: str) -> None:
+    def __init__(self, client: EngineClient, model_name: str, admission: Admission) -> None:
         self._client = client
         self._model_name = model_name
+        self._admission = admission
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -130,6 +132,7 @@ class InstrumentedEngineClient:
                         delta: bool) -> AsyncIterator[Any]:
         prompt_tokens = generated = 0
         last = None
+        self._admission.engine_started()
         try:
             async for out in outputs:
                 last = out
@@ -139,6 +142,7 @@ class InstrumentedEngineClient:
                 generated = generated + n if delta else n
                 yield out
         finally:
+            self._admission.engine_finished()
             ttft = tpot = None
             stats = getattr(last, "metrics", None)
             if stats is not None and stats.first_token_ts:
@@ -174,8 +178,9 @@ def _client_errors() -> Any:
 class VLLMEngine(Engine):
     """vLLM's AsyncLLM, its OpenAI app, and the v2/generate translation onto its serving code."""
 
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(self, settings: RuntimeSettings, admission: Admission) -> None:
         self.settings = settings
+        self.admission = admission
         self.model_name = settings.model_name
         self.args = parse_engine_args(settings)
         self.client: InstrumentedEngineClient | None = None
@@ -192,7 +197,8 @@ class VLLMEngine(Engine):
     async def start(self) -> None:
         """Build the engine (its core runs in a child process) and vLLM's OpenAI app."""
         raw = await self._stack.enter_async_context(build_async_engine_client(self.args))
-        self.client = InstrumentedEngineClient(raw, self.model_name)
+        self.client = InstrumentedEngineClient(raw, self.model_name, self.admission)
+        self.admission.capacity = int(raw.vllm_config.scheduler_config.max_num_seqs)
         tasks = await raw.get_supported_tasks()
         app = build_app(self.args, tasks, raw.model_config)
         await init_app_state(self.client, app.state, self.args, tasks)  # type: ignore[arg-type]

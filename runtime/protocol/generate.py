@@ -17,9 +17,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from runtime import limits
+from runtime.admission import Admission
 from runtime.engine.base import Delta, Engine, GenerationRequest
 from runtime.errors import ClientError, EngineUnavailableError, ModelNotFoundError, ServingError
 from runtime.lifecycle import Lifecycle
+from runtime.limits import Limits
 from runtime.metrics import count_request, current_protocol
 from runtime.protocol import v2
 
@@ -46,7 +49,14 @@ def decode_generate(body: Any) -> GenerationRequest:
                              chat=v2.chat_flag(merged), request_id=body.get("id"))
 
 
-def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str]) -> APIRouter:
+def _outcome(exc: ServingError) -> str:
+    if exc.http_status in (429, 503):
+        return "rejected"
+    return "client_error" if exc.http_status < 500 else "server_error"
+
+
+def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str],
+                 admission: Admission, request_limits: Limits) -> APIRouter:
     """The generate extension's routes, bound to one engine."""
     router = APIRouter()
 
@@ -59,7 +69,10 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str]) 
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
             raise ClientError(f"malformed JSON body: {exc}") from None
-        return decode_generate(body)
+        gen = decode_generate(body)
+        limits.check(request_limits, gen.params, 1)
+        admission.admit(1)
+        return gen
 
     def _base(model_name: str) -> dict[str, Any]:
         return {"model_name": model_name, "model_version": ""}
@@ -75,7 +88,10 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str]) 
             return JSONResponse({**_base(model_name), "text_output": result.text,
                                  "finish_reason": result.finish_reason})
         except ServingError as exc:
-            outcome = "client_error" if exc.http_status < 500 else "server_error"
+            outcome = _outcome(exc)
+            raise
+        except BaseException:
+            outcome = "aborted"
             raise
         finally:
             current_protocol.reset(token)
@@ -88,8 +104,7 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str]) 
             gen = await _prepare(model_name, request)
             deltas = await engine.stream(gen)  # bad input raises here, before any byte is sent
         except ServingError as exc:
-            count_request(model_name, PROTOCOL,
-                          "client_error" if exc.http_status < 500 else "server_error")
+            count_request(model_name, PROTOCOL, _outcome(exc))
             raise
         finally:
             current_protocol.reset(token)
@@ -110,7 +125,7 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str]) 
                 yield f"data: {json.dumps(event)}\n\n"
             outcome = "success"
         except ServingError as exc:
-            outcome = "client_error" if exc.http_status < 500 else "server_error"
+            outcome = _outcome(exc)
             logger.warning("generate_stream failed mid-stream: %s", exc)
             yield f"data: {json.dumps({'error': exc.message})}\n\n"
         except Exception as exc:  # the status is already 200: report in-band, never hang

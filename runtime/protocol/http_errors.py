@@ -26,7 +26,9 @@ async def serving_error_handler(request: Request, exc: Exception) -> JSONRespons
     if exc.http_status >= 500:
         logger.error("%s %s -> %s: %s (request id %s)", request.method, request.url.path,
                      exc.http_status, exc.message, request.headers.get("x-request-id", "-"))
-    return JSONResponse({"error": exc.message}, status_code=int(exc.http_status))
+    retry = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(retry)} if retry else None
+    return JSONResponse({"error": exc.message}, status_code=int(exc.http_status), headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,8 @@ PROMPTS = ["What is the capital of France?", "What is the capital of Germany?"]
 
 
 def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
-               datatype: str = "BYTES", shape: list[int] | None = None):
+               datatype: str = "BYTES", shape: list[int] | None = None,
+               timeout: float = 120, metadata: list[tuple[str, str]] | None = None):
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
     # kserve's client (and KServe's proto) has no double parameter: send floats as strings,
@@ -25,12 +26,12 @@ def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
     params = {k: str(v) if isinstance(v, float) else v for k, v in params.items()}
 
     async def go():
-        client = InferenceGRPCClient(url=f"127.0.0.1:{port}", timeout=120, retries=0)
+        client = InferenceGRPCClient(url=f"127.0.0.1:{port}", timeout=timeout, retries=0)
         try:
             req = InferRequest(model_name=model, infer_inputs=[
                 InferInput("text_input", shape or [len(prompts)], datatype, data=prompts)],
                 parameters=params)
-            return await client.infer(req)
+            return await client.infer(req, headers=metadata)
         finally:
             await client.close()
 

@@ -1,0 +1,82 @@
+"""Admission: how much work is in flight, overload protection, and waiting out a drain.
+
+Why in one place: the overload bound (``--max_waiting_requests``), the drain on SIGTERM (wait
+until in-flight requests finish) and the in-flight gauge all need the same two counts: client
+requests being served (any protocol) and engine requests submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import Gauge
+
+from runtime.errors import OverloadedError
+
+IN_FLIGHT = Gauge("kserve_llm_requests_in_flight", "Client requests being served (all protocols).",
+                  ["model"])
+ENGINE_IN_FLIGHT = Gauge("kserve_llm_engine_requests_in_flight",
+                         "Engine requests submitted and not yet finished or aborted.", ["model"])
+
+
+class Admission:
+    """Counts in-flight work; rejects new engine work past capacity + the waiting bound."""
+
+    def __init__(self, model: str, capacity: int, max_waiting: int | None) -> None:
+        self.model = model
+        self.capacity = capacity  # engine requests that run at once (vLLM's max_num_seqs)
+        self.max_waiting = max_waiting  # None: unbounded
+        self.requests = 0
+        self.engine_requests = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # client requests (gate middleware and gRPC)
+    def enter(self) -> None:
+        self.requests += 1
+        self._idle.clear()
+        IN_FLIGHT.labels(self.model).set(self.requests)
+
+    def leave(self) -> None:
+        self.requests -= 1
+        IN_FLIGHT.labels(self.model).set(self.requests)
+        if self.requests <= 0:
+            self._idle.set()
+
+    # engine requests (instrumented engine client)
+    def engine_started(self) -> None:
+        self.engine_requests += 1
+        ENGINE_IN_FLIGHT.labels(self.model).set(self.engine_requests)
+
+    def engine_finished(self) -> None:
+        self.engine_requests -= 1
+        ENGINE_IN_FLIGHT.labels(self.model).set(self.engine_requests)
+
+    @property
+    def waiting(self) -> int:
+        """Engine requests beyond what the engine runs at once: they wait in its queue."""
+        return max(0, self.engine_requests - self.capacity)
+
+    def admit(self, new_engine_requests: int = 1) -> None:
+        """Raise ``OverloadedError`` when ``new_engine_requests`` more would wait past the bound."""
+        if self.max_waiting is None:
+            return
+        would_wait = max(0, self.engine_requests + new_engine_requests - self.capacity)
+        if would_wait > self.max_waiting:
+            raise OverloadedError(
+                f"server overloaded: {self.waiting} requests waiting (limit "
+                f"{self.max_waiting}); retry later")
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no client request is in flight; False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while self.requests > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._idle.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True

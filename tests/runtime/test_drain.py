@@ -1,0 +1,85 @@
+"""Graceful drain: SIGTERM with 16 streamed requests (and non-streamed ones) in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.support.server import start_runtime
+
+STREAMS = 16
+MAX_TOKENS = 40
+
+
+def _stream(url: str, results: list, i: int, started: threading.Event) -> None:
+    body = {"text_input": f"Story number {i}: once upon a time",
+            "parameters": {"max_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0}}
+    events = []
+    try:
+        with httpx.stream("POST", url + "/v2/models/smollm2/generate_stream", json=body,
+                          timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    started.set()
+        results[i] = events
+    except Exception as exc:  # recorded, asserted below
+        results[i] = exc
+
+
+def _openai(url: str, results: list, i: int) -> None:
+    try:
+        r = httpx.post(url + "/openai/v1/completions", timeout=120, json={
+            "model": "smollm2", "prompt": "Count with me: one, two,", "max_tokens": MAX_TOKENS,
+            "ignore_eos": True})
+        results[i] = r
+    except Exception as exc:
+        results[i] = exc
+
+
+def test_sigterm_drains_in_flight_requests(model_dir: str) -> None:
+    server = start_runtime(model_dir=model_dir, extra=["--max-model-len=1024",
+                                                       "--drain_timeout=60"], name="drain")
+    url = server.url
+    try:
+        results: list = [None] * STREAMS
+        oai_results: list = [None] * 2
+        started = threading.Event()
+        threads = [threading.Thread(target=_stream, args=(url, results, i, started))
+                   for i in range(STREAMS)]
+        threads += [threading.Thread(target=_openai, args=(url, oai_results, i))
+                    for i in range(2)]
+        for t in threads:
+            t.start()
+        assert started.wait(60), "no stream started"
+        time.sleep(0.5)
+        in_flight = [r for r in results if r is None]
+        assert len(in_flight) >= STREAMS // 2, "too few streams still in flight at SIGTERM"
+        os.kill(server.pid, signal.SIGTERM)
+        t_term = time.monotonic()
+        # Readiness turns false at once, and new requests are refused with 503 + Retry-After.
+        ready = httpx.get(url + "/v2/health/ready", timeout=5)
+        assert ready.status_code == 503
+        late = httpx.post(url + "/v2/models/smollm2/generate", json={"text_input": "hi"},
+                          timeout=5)
+        assert late.status_code == 503 and "retry-after" in late.headers
+        assert httpx.get(url + "/v2/health/live", timeout=5).status_code == 200
+        for t in threads:
+            t.join(120)
+        for i, events in enumerate(results):
+            assert isinstance(events, list), f"stream {i} failed: {events!r}"
+            assert not any("error" in e for e in events), events
+            assert events[-1]["usage"]["completion_tokens"] == MAX_TOKENS
+            assert len("".join(e["text_output"] for e in events)) > 0
+        for r in oai_results:
+            assert isinstance(r, httpx.Response) and r.status_code == 200, r
+            assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+        server.proc.wait(timeout=60)
+        assert time.monotonic() - t_term < 60, "did not exit within the drain timeout"
+    finally:
+        server.stop()
