@@ -9,6 +9,7 @@ the explainer must explain. One set of processes per example serves all its asse
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,9 +31,11 @@ LOCAL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 FACTS = "Alice lives in Paris. Bob lives in Rome. Where does Bob live?"
 
 
-def _start(isvc: Manifest, components: tuple[str, ...], workdir: Path) -> LocalDeployment:
+def _start(isvc: Manifest, components: tuple[str, ...]) -> LocalDeployment:
+    # The runner's own temp folder, not pytest's: concurrent pytest sessions on this machine
+    # prune each other's old basetemp folders, and these processes write there for minutes.
     dep = LocalDeployment(plan(isvc, runtimes(), components), model_dir=_model_dir(),
-                          workdir=workdir, extra_env=LOCAL_ENV)
+                          extra_env=LOCAL_ENV)
     try:
         return dep.start()
     except BaseException:
@@ -70,20 +73,23 @@ def assert_explains(url: str, model: str) -> None:
     assert attr["Bob lives in Rome."] > attr["Alice lives in Paris."], attr
 
 
-@pytest.fixture(scope="class")
-def standard_cpu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
-    dep = _start(example("smollm2-standard-cpu"), ("predictor", "explainer"),
-                 tmp_path_factory.mktemp("standard"))
-    yield dep
+def _stop(dep: LocalDeployment) -> None:
     dep.stop()
+    shutil.rmtree(dep.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="class")
-def knative_cpu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
-    dep = _start(example("smollm2-knative-cpu"), ("predictor", "explainer"),
-                 tmp_path_factory.mktemp("knative"))
+def standard_cpu() -> Iterator[LocalDeployment]:
+    dep = _start(example("smollm2-standard-cpu"), ("predictor", "explainer"))
     yield dep
-    dep.stop()
+    _stop(dep)
+
+
+@pytest.fixture(scope="class")
+def knative_cpu() -> Iterator[LocalDeployment]:
+    dep = _start(example("smollm2-knative-cpu"), ("predictor", "explainer"))
+    yield dep
+    _stop(dep)
 
 
 class TestStandardCpu:
@@ -120,15 +126,15 @@ class TestKnativeCpu:
         assert_explains(knative_cpu.component_url("explainer"), "smollm2-knative")
 
 
-def test_gpu_example_runs_its_command_and_probes_on_this_cpu(tmp_path: Path) -> None:
+def test_gpu_example_runs_its_command_and_probes_on_this_cpu() -> None:
     """The GPU runtime's command, arguments and probes, run by the CPU build of vLLM."""
-    dep = _start(example("qwen-standard-gpu"), ("predictor",), tmp_path)
+    dep = _start(example("qwen-standard-gpu"), ("predictor",))
     try:
         assert_all_probes_passed(dep)
         assert "--gpu-memory-utilization=0.90" in dep.containers[0].argv
         assert_chat_answers_paris(dep.component_url("predictor"), "qwen")
     finally:
-        dep.stop()
+        _stop(dep)
 
 
 def _fake_runtime(tmp_path: Path, probe_path: str) -> tuple[Path, Path]:

@@ -100,7 +100,8 @@ def test_predictor_command_is_the_runtime_with_the_isvc_name_and_args() -> None:
     assert c["command"] == ["python", "-m", "runtime"]
     assert c["args"][:4] == ["--model_name=smollm2", "--model_dir=/mnt/models",
                              "--http_port=8080", "--grpc_port=8081"]
-    assert c["args"][-1] == "--max-model-len=2048"  # the InferenceService's args come last
+    # the InferenceService's args come last
+    assert c["args"][-2:] == ["--max-model-len=2048", "--drain_timeout=110"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"  # the InferenceService's env wins
     assert c["resources"]["limits"]["memory"] == "6Gi"
@@ -158,6 +159,16 @@ def test_every_container_is_probed_hardened_and_sized(path) -> None:
         for env in c.get("env", []):
             if env.get("value", "").startswith("/") and env["name"] != "LD_PRELOAD":
                 assert env["value"].startswith("/tmp"), f"{where}: {env} is not writable"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_drain_fits_in_the_termination_grace_period(path) -> None:
+    """The runtime's drain on SIGTERM must end before the kubelet's SIGKILL (default 30 s)."""
+    for p in plan(example(path.stem), runtimes(), ["predictor"]):
+        drains = [float(a.split("=")[1]) for a in p.container.get("args", [])
+                  if a.startswith("--drain_timeout=")]
+        drain = drains[-1] if drains else 25.0  # the runtime's default
+        assert drain < p.pod.get("terminationGracePeriodSeconds", 30), p.pod_name
 
 
 def test_images_run_as_the_user_the_manifests_expect() -> None:

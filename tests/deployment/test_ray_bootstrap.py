@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -42,14 +43,14 @@ def _wait_for_log(path: Path, text: str, timeout: float) -> str:
 
 
 @pytest.mark.slow
-def test_head_waits_for_the_worker_then_serves(tmp_path: Path, model_dir: str) -> None:
+def test_head_waits_for_the_worker_then_serves(model_dir: str) -> None:
     isvc = example("qwen-multinode-gpu")
     isvc = copy.copy(isvc)
     isvc.doc = copy.deepcopy(isvc.doc)
     # the 72B example's context length does not fit SmolLM2
     isvc.doc["spec"]["predictor"]["model"]["args"] = ["--max-model-len=2048"]
     dep = LocalDeployment(
-        plan(isvc, runtimes(), ("predictor",)), model_dir=model_dir, workdir=tmp_path,
+        plan(isvc, runtimes(), ("predictor",)), model_dir=model_dir,  # its own temp folder
         extra_env={**RAY_ENV, "TENSOR_PARALLEL_SIZE": "1", "PIPELINE_PARALLEL_SIZE": "1",
                    "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_WAIT_TIMEOUT": "300"})
     head, worker = dep.containers
@@ -74,6 +75,7 @@ def test_head_waits_for_the_worker_then_serves(tmp_path: Path, model_dir: str) -
         assert_chat_answers_paris(dep.component_url("predictor"), "qwen-72b")
     finally:
         dep.stop()
+    shutil.rmtree(dep.workdir, ignore_errors=True)
     assert all(session_members(sid) == [] for sid in sessions), "Ray processes left behind"
 
 
