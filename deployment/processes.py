@@ -8,6 +8,7 @@ process of the container's session must go, and nothing outside it may be touche
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,10 +76,17 @@ class ChildProcess:
         return None if self.proc is None else self.proc.poll()
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of the log, preceded by its first error line (the root cause is
+        usually far above a long traceback, e.g. in vLLM's engine process)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            log = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return ""
+        first = next((ln for ln in log if re.search(r"\b\w*(Error|Exception)\b:", ln)), None)
+        tail = log[-lines:]
+        if first and first not in tail:
+            tail = [f"first error: {first}", "...", *tail]
+        return "\n".join(tail)
 
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM the session, SIGKILL what is left after ``grace`` seconds; the exit code."""
