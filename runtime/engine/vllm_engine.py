@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import types
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,7 @@ from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.admission import Admission
 from runtime.engine.base import Completion, Delta, Engine, GenerationRequest
@@ -173,6 +175,8 @@ def _client_errors() -> Any:
         yield
     except VLLMValidationError as exc:
         raise ClientError(str(exc)) from None
+    except EngineDeadError as exc:
+        raise EngineUnavailableError(f"engine died: {exc}") from None
 
 
 class VLLMEngine(Engine):
@@ -202,6 +206,9 @@ class VLLMEngine(Engine):
         tasks = await raw.get_supported_tasks()
         app = build_app(self.args, tasks, raw.model_config)
         await init_app_state(self.client, app.state, self.args, tasks)  # type: ignore[arg-type]
+        # vLLM's engine-error handler stops `app.state.server` when the engine dies; the mounted
+        # app has none, and the runtime's supervisor owns that decision (health turns false).
+        app.state.server = types.SimpleNamespace(should_exit=False)
         self.openai_app = app
         self.supported_tasks = tuple(tasks)
         # What vLLM's own lifespan does, which does not run for a mounted app (FACTS.md).

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 
 import httpx
 import psutil
 
 from tests.support.server import start_runtime
+
+LONG = {"max_tokens": 1000, "ignore_eos": True}
+
+
+def _in_flight_requests(url: str, results: dict) -> list[threading.Thread]:
+    """Long requests on each HTTP protocol, running when the engine dies."""
+
+    def stream() -> None:
+        events = []
+        with httpx.stream("POST", url + "/v2/models/smollm2/generate_stream", timeout=60,
+                          json={"text_input": "Tell me a story", "parameters": LONG}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+        results["generate_stream"] = events
+
+    def post(name: str, path: str, body: dict) -> None:
+        results[name] = httpx.post(url + path, json=body, timeout=60)
+
+    threads = [threading.Thread(target=stream),
+               threading.Thread(target=post, args=("generate", "/v2/models/smollm2/generate",
+                                                   {"text_input": "A story", "parameters": LONG})),
+               threading.Thread(target=post, args=("infer", "/v2/models/smollm2/infer", {
+                   "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1],
+                               "data": ["A story"]}], "parameters": LONG})),
+               threading.Thread(target=post, args=("openai", "/openai/v1/completions", {
+                   "model": "smollm2", "prompt": "A story", **LONG}))]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
@@ -23,6 +55,11 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         if not engine:  # the engine core's process title is set by vLLM; fall back to any child
             engine = psutil.Process(server.pid).children(recursive=True)
         assert engine, "no engine process found"
+        results: dict = {}
+        threads = _in_flight_requests(url, results)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "kserve_llm_engine_requests_in_flight{model=\"smollm2\"} 4.0" not in httpx.get(url + "/metrics").text:
+            time.sleep(0.1)
         for p in engine:
             os.kill(p.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -35,5 +72,12 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         assert httpx.get(url + "/v1/models/smollm2").status_code == 503
         r = httpx.post(url + "/v2/models/smollm2/generate", json={"text_input": "hi"})
         assert r.status_code == 503
+        # Requests in flight when the engine died end (none hangs): 5xx, or an error event.
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive(), "a request hung after the engine died"
+        assert "error" in results["generate_stream"][-1], results["generate_stream"][-1:]
+        for name in ("generate", "infer", "openai"):
+            assert results[name].status_code >= 500, (name, results[name].text)
     finally:
         server.stop()
