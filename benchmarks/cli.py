@@ -38,7 +38,8 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
                    help="open loop: comma list of request rates (req/s), e.g. 2,8 (inf: all)")
     g.add_argument("--burstiness", type=float, default=1.0,
                    help="gamma shape of inter-arrival times: 1 Poisson, <1 burstier")
-    g.add_argument("--num-prompts", type=int, default=32, help="requests per load point")
+    g.add_argument("--num-prompts", type=_csv(int), default=[32],
+                   help="requests per load point: one number, or one per load (e.g. 8,24,48)")
     g.add_argument("--warmup", type=int, default=2, help="warm-up requests per target and API")
     g.add_argument("--repeats", type=int, default=1, help="repeats of every load point")
     g.add_argument("--seed", type=int, default=0, help="fixes prompts and arrival times")
@@ -84,6 +85,8 @@ def plan_from(args: argparse.Namespace) -> RunPlan:
             raise SystemExit(f"unknown --api {api!r}; choose from {', '.join(APIS)}")
     loads = ([Load(concurrency=c) for c in args.concurrency] if args.concurrency else
              [Load(rate=r, burstiness=args.burstiness) for r in args.request_rate])
+    if len(args.num_prompts) not in (1, len(loads)):
+        raise SystemExit("--num-prompts takes one number or one per load point")
     try:
         slos = parse_goodput(args.goodput)
     except ValueError as exc:
@@ -98,18 +101,24 @@ def plan_from(args: argparse.Namespace) -> RunPlan:
 def prompt_sets(args: argparse.Namespace, plan: RunPlan, tokenizer: Any
                 ) -> tuple[dict[tuple[str, str, int], list[Prompt]], list[Prompt]]:
     """Distinct prompts per (API, point, repeat), shared by all targets, plus warm-up ones."""
+    per_load = dict(zip((load.label for load in plan.loads),
+                        args.num_prompts * len(plan.loads) if len(args.num_prompts) == 1
+                        else args.num_prompts, strict=False))
     keys = [(api, load.label, r) for r in range(plan.repeats) for api in plan.apis
             for load in plan.loads]
-    n = args.num_prompts
     if args.dataset == "random":
-        everything = build_prompts("random", tokenizer, num=n * len(keys) + plan.warmup,
+        total = sum(per_load[k[1]] for k in keys)
+        everything = build_prompts("random", tokenizer, num=total + plan.warmup,
                                    input_len=args.input_len, output_len=args.output_len,
                                    seed=args.seed)
-        sets = {k: everything[i * n:(i + 1) * n] for i, k in enumerate(keys)}
-        return sets, everything[n * len(keys):]
-    sets = {k: build_prompts(args.dataset, tokenizer, num=n, input_len=args.input_len,
-                             output_len=args.output_len, seed=args.seed + i,
-                             path=args.dataset_path) for i, k in enumerate(keys)}
+        sets, at = {}, 0
+        for k in keys:
+            sets[k], at = everything[at:at + per_load[k[1]]], at + per_load[k[1]]
+        return sets, everything[at:]
+    sets = {k: build_prompts(args.dataset, tokenizer, num=per_load[k[1]],
+                             input_len=args.input_len, output_len=args.output_len,
+                             seed=args.seed + i, path=args.dataset_path)
+            for i, k in enumerate(keys)}
     warm = build_prompts(args.dataset, tokenizer, num=max(plan.warmup, 1),
                          input_len=args.input_len, output_len=args.output_len,
                          seed=args.seed - 1, path=args.dataset_path)

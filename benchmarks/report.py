@@ -97,7 +97,7 @@ def summary_markdown(run: dict[str, Any]) -> str:
     cfg = run["config"]
     out = ["# Benchmark summary", "",
            f"- APIs: {', '.join(cfg['apis'])}; loads: {', '.join(cfg['loads'])}; "
-           f"{cfg['num_prompts']} prompts per point; repeats: {cfg['repeats']}; "
+           f"prompts per point: {cfg['num_prompts']}; repeats: {cfg['repeats']}; "
            f"seed: {cfg['seed']}; dataset: {cfg['dataset']} (input {cfg['input_len']} / "
            f"output {cfg['output_len']} tokens)",
            f"- Machine: {run['environment']['cpus']} CPUs, load average at start "

@@ -3,9 +3,16 @@
 Why: ``python -m benchmarks`` re-implements the measuring (its own async client, its own
 prompt builder) so that it can drive v2 routes and two servers at once; before its numbers
 are believed, its output-token throughput and median TTFT must agree with
-``vllm.benchmarks.serve`` within 10% on the OpenAI chat path. The two harnesses take turns
-on one plain vLLM server (A, B, A, B, ...) so drift from other load on the machine hits both;
-the means over rounds are compared.
+``vllm.benchmarks.serve`` within 10% on the OpenAI chat path. Two designs, on one plain vLLM server:
+
+- ``--mode turns``: the harnesses take turns (A, B, B, A, ...), each with the whole load, so
+  drift from other load on the machine hits both; the means over rounds are compared. On a
+  shared 2-core machine the server's speed drifts by tens of percent within a minute, so
+  this design measures the machine as much as the clients.
+- ``--mode together`` (default): both harnesses run at the same time, each with half the
+  concurrency, so their requests share the same engine steps; any difference left is the
+  clients' measuring. vLLM's harness is started first and ours starts the moment the
+  server's ``vllm:num_requests_running`` turns positive.
 
     python -m benchmarks.validate --model-dir .models/smollm2 --out /tmp/validate
     python -m benchmarks.validate --url http://127.0.0.1:8000 --model-dir ... --out ...
@@ -19,9 +26,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from benchmarks.clients import Target
 from benchmarks.load import Load
@@ -32,32 +41,71 @@ from benchmarks.workload import load_tokenizer, random_prompts
 COMPARED = ("output_throughput", "median_ttft_ms")
 
 
-def theirs(a: argparse.Namespace, url: str, seed: int) -> dict[str, Any]:
-    """One round of vLLM's harness, in a subprocess (``benchmarks.baseline``)."""
+def start_theirs(a: argparse.Namespace, url: str, seed: int, concurrency: int, warmups: int,
+                 out: Path) -> subprocess.Popen[bytes]:
+    """vLLM's harness in a subprocess (``benchmarks.baseline``), its result into ``out``."""
     from benchmarks.baseline import harness_flags
 
     flags = harness_flags(base_url=url, model=a.served_model_name, tokenizer=a.model_dir,
                           backend="openai-chat", endpoint="/v1/chat/completions",
-                          concurrency=a.concurrency, num_prompts=a.num_prompts,
+                          concurrency=concurrency, num_prompts=a.num_prompts,
                           input_len=a.input_len, output_len=a.output_len, seed=seed,
-                          warmups=a.warmup)
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([sys.executable, "-m", "benchmarks.baseline", f.name, "--", *flags],
-                       check=True, env=server_env(), stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        return json.loads(Path(f.name).read_text())
+                          warmups=warmups)
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.baseline", str(out), "--",
+                             *flags], env=server_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
-def ours(a: argparse.Namespace, url: str, seed: int, tokenizer: Any) -> dict[str, Any]:
+def finish_theirs(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
+    if proc.wait(timeout=1800) != 0:
+        raise RuntimeError(f"vLLM's harness exited with {proc.returncode}")
+    return json.loads(out.read_text())
+
+
+def ours(a: argparse.Namespace, url: str, seed: int, tokenizer: Any, concurrency: int,
+         warmups: int) -> dict[str, Any]:
     """One round of this client with the same workload (closed loop at ``concurrency``)."""
-    prompts = random_prompts(tokenizer, a.num_prompts + a.warmup, a.input_len, a.output_len,
-                             seed)
-    load = Load(concurrency=a.concurrency)
-    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=a.warmup, seed=seed, cooldown_s=2.0)
+    prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
+                             seed + 1000)
+    load = Load(concurrency=concurrency)
+    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=warmups, seed=seed,
+                   cooldown_s=0.0)
     res = run([Target("vllm", url, a.served_model_name)],
               {("openai-chat", load.label, 0): prompts[:a.num_prompts]},
               prompts[a.num_prompts:], plan, tokenizer, progress=False)
     return res.points[0]
+
+
+def wait_for_requests(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Block until the server reports a running request (vLLM's Prometheus gauge)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            for line in httpx.get(url + "/metrics", timeout=2).text.splitlines():
+                if line.startswith("vllm:num_requests_running") and \
+                        float(line.rsplit(" ", 1)[1]) > 0:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError("vLLM's harness never started sending")
+
+
+def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ours, vLLM's) for round ``r`` in the chosen mode."""
+    out = tmp / f"vllm-{r}.json"
+    if a.mode == "together":
+        half = max(1, a.concurrency // 2)
+        proc = start_theirs(a, url, r, half, 0, out)
+        wait_for_requests(url, proc)
+        mine = ours(a, url, r, tokenizer, half, 0)
+        return mine, finish_theirs(proc, out)
+    if r % 2:  # turns: A B, then B A
+        mine = ours(a, url, r, tokenizer, a.concurrency, a.warmup)
+        return mine, finish_theirs(start_theirs(a, url, r, a.concurrency, a.warmup, out), out)
+    vllm = finish_theirs(start_theirs(a, url, r, a.concurrency, a.warmup, out), out)
+    return ours(a, url, r, tokenizer, a.concurrency, a.warmup), vllm
 
 
 def agreement(mine: list[dict[str, Any]], vllm: list[dict[str, Any]],
@@ -84,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2, help="turns of each harness")
     p.add_argument("--tolerance", type=float, default=0.10)
+    p.add_argument("--mode", choices=("together", "turns"), default="together")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -100,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tokenizer = load_tokenizer(a.model_dir)
         mine, vllm = [], []
+        if a.mode == "together":  # warm the server once; the rounds then send no warm-up
+            ours(argparse.Namespace(**{**vars(a), "num_prompts": a.concurrency}), url, -1,
+                 tokenizer, a.concurrency, 0)
         for r in range(a.rounds):
-            vllm.append(theirs(a, url, seed=r))
-            mine.append(ours(a, url, seed=r, tokenizer=tokenizer))
+            m, v = one_round(a, url, r, tokenizer, a.out)
+            mine.append(m)
+            vllm.append(v)
             print(f"round {r}: vLLM harness {vllm[-1]['output_throughput']:.1f} tok/s, "
                   f"TTFT {vllm[-1]['median_ttft_ms']:.0f} ms; this client "
                   f"{mine[-1]['output_throughput']:.1f} tok/s, "
@@ -112,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     result = agreement(mine, vllm, a.tolerance)
     keep = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
-            "total_output_tokens", "completed", "failed", "duration")
+            "p99_ttft_ms", "total_input_tokens", "total_output_tokens", "completed", "failed",
+            "duration", "duration_s")
     (a.out / "validate.json").write_text(json.dumps({
         "settings": {k: str(v) for k, v in vars(a).items()}, "agreement": result,
         "ours": [{k: x.get(k) for k in keep} for x in mine],
