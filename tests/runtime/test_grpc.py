@@ -18,7 +18,8 @@ PROMPTS = ["What is the capital of France?", "What is the capital of Germany?"]
 
 def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
                datatype: str = "BYTES", shape: list[int] | None = None,
-               timeout: float = 120, metadata: list[tuple[str, str]] | None = None):
+               timeout: float = 120, metadata: list[tuple[str, str]] | None = None,
+               input_name: str = "text_input"):
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
     # kserve's client (and KServe's proto) has no double parameter: send floats as strings,
@@ -29,7 +30,7 @@ def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
         client = InferenceGRPCClient(url=f"127.0.0.1:{port}", timeout=timeout, retries=0)
         try:
             req = InferRequest(model_name=model, infer_inputs=[
-                InferInput("text_input", shape or [len(prompts)], datatype, data=prompts)],
+                InferInput(input_name, shape or [len(prompts)], datatype, data=prompts)],
                 parameters=params)
             return await client.infer(req, headers=metadata)
         finally:
@@ -68,6 +69,9 @@ def test_grpc_health_and_metadata(predictor) -> None:
     ({"params": {"temperature": -1.0}}, grpc.StatusCode.INVALID_ARGUMENT, "temperature"),
     ({"params": {"max_tokens": "many"}}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
     ({"prompts": ["hello " * 3000]}, grpc.StatusCode.INVALID_ARGUMENT, "context"),
+    ({"input_name": "prompt"}, grpc.StatusCode.INVALID_ARGUMENT, "text_input"),
+    ({"params": {"max_token": 3}}, grpc.StatusCode.INVALID_ARGUMENT, "max_token"),
+    ({"prompts": ["x" * (9 * 1024 * 1024)]}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
 ])
 def test_grpc_bad_input(predictor, http, kwargs: dict, code, needle: str) -> None:
     from tests.runtime.conftest import assert_still_serving

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.runtime.conftest import MODEL, QUESTION
+from tests.runtime.conftest import MODEL, QUESTION, assert_still_serving
 
 
 def test_chat_answers_paris(oai: openai.OpenAI) -> None:
@@ -79,12 +79,27 @@ def test_unprefixed_v1_routes(predictor) -> None:
     ({"model": MODEL, "prompt": "hi", "temperature": -1}, 400, "temperature"),
     ({"model": MODEL, "prompt": "hi", "max_tokens": "many"}, 400, "max_tokens"),
     ({"model": MODEL, "prompt": "hello " * 3000}, 400, "context"),
+    ({"model": MODEL, "prompt": []}, 400, "prompt"),
+    ({"model": MODEL}, 400, "prompt"),
 ])
 def test_bad_completions(http: httpx.Client, body: dict, status: int, needle: str) -> None:
     r = http.post("/openai/v1/completions", json=body)
     assert r.status_code == status, r.text
     assert needle in r.text.lower() or needle in r.text
     assert r.json()["error"]["message"]
+    assert_still_serving(http)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": "hi"}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 7}, "top_p"),
+])
+def test_bad_chat(http: httpx.Client, body: dict, needle: str) -> None:
+    r = http.post("/openai/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"]
+    assert_still_serving(http)
 
 
 def test_bad_json_and_oversize(http: httpx.Client) -> None:
