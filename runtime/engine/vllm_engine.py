@@ -259,25 +259,26 @@ class VLLMEngine(Engine):
                 f"{', '.join(self.supported_tasks)}); use /openai/v1/embeddings")
         return self.openai_app.state
 
-    def _completion_request(self, prompts: list[str], params: dict[str, Any],
-                            stream: bool) -> CompletionRequest:
-        body = {"model": self.model_name, "prompt": prompts, **self._sampling(params)}
+    def _openai_request(self, model: type[Any], inputs: dict[str, Any], params: dict[str, Any],
+                        stream: bool) -> Any:
+        """Validate a v2/generate request as the OpenAI request ``model`` (completion or chat)."""
+        body = {"model": self.model_name, **inputs, **self._sampling(params)}
         if stream:
             body |= {"stream": True, "stream_options": {"include_usage": True}}
         try:
-            return CompletionRequest.model_validate(body)
+            return model.model_validate(body)
         except pydantic.ValidationError as exc:
             raise ClientError(_validation_message(exc)) from None
 
-    def _chat_request(self, prompt: str, params: dict[str, Any], stream: bool) -> ChatCompletionRequest:
-        body = {"model": self.model_name, "messages": [{"role": "user", "content": prompt}],
-                **self._sampling(params)}
-        if stream:
-            body |= {"stream": True, "stream_options": {"include_usage": True}}
-        try:
-            return ChatCompletionRequest.model_validate(body)
-        except pydantic.ValidationError as exc:
-            raise ClientError(_validation_message(exc)) from None
+    def _completion_request(self, prompts: list[str], params: dict[str, Any],
+                            stream: bool) -> CompletionRequest:
+        return self._openai_request(CompletionRequest, {"prompt": prompts}, params, stream)
+
+    def _chat_request(self, prompt: str, params: dict[str, Any],
+                      stream: bool) -> ChatCompletionRequest:
+        return self._openai_request(ChatCompletionRequest,
+                                    {"messages": [{"role": "user", "content": prompt}]},
+                                    params, stream)
 
     @staticmethod
     def _raise_error(result: Any) -> None:
