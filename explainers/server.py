@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_budget", type=int, default=1024,
                    help="most forward passes one explanation may use")
     p.add_argument("--max_features", type=int, default=1024)
-    p.add_argument("--workers", type=int, default=1, help="accepted for KServe; must be 1")
+    p.add_argument("--workers", type=int, default=1,
+                   help="accepted because KServe may pass it; the explainer runs one worker")
     return p
 
 
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         logger.warning("ignoring unknown arguments: %s", " ".join(unknown))
     if args.workers != 1:
-        raise SystemExit("--workers must be 1: methods hold models and state in-process")
+        logger.warning("--workers=%d ignored: one worker (methods hold models in-process)",
+                       args.workers)
     explainer = build_explainer(args)
     logger.info("explaining %s via %s with methods %s", args.model_name, explainer.client.url,
                 ", ".join(sorted(explainer.methods)))

@@ -54,10 +54,21 @@ class AttributionTask:
     def baseline_logprob(self) -> float:
         return float(sum(self.baseline))
 
+    _memo: dict[frozenset[int], list[float]] = field(default_factory=dict, repr=False)
+
     async def score_removals(self, removals: Sequence[set[int]]) -> list[list[float]]:
-        """Per response token log-probs with each set of features removed, in order."""
-        prompts = [self.prompt.without(set(r)) for r in removals]
-        return await self.client.score(prompts, self.response_ids, self.stats)
+        """Per response token log-probs with each set of features removed, in order.
+
+        A removal set already scored for this explanation (by the method, or the empty set,
+        which is the baseline) is answered from memory, not sent again.
+        """
+        self._memo.setdefault(frozenset(), list(self.baseline))
+        keys = [frozenset(r) for r in removals]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._memo))
+        rows = await self.client.score([self.prompt.without(set(k)) for k in todo],
+                                       self.response_ids, self.stats)
+        self._memo.update(zip(todo, rows, strict=True))
+        return [self._memo[k] for k in keys]
 
 
 @dataclass

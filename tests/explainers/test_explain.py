@@ -27,7 +27,9 @@ def test_ready_and_lists_methods(explainer) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_supporting_fact_outranks_distractor(explainer, method: str) -> None:
-    r = explain(explainer, CHAT | {"method": method})
+    # IG: 8 steps keep the test quick; the ranking is the same at the default 16
+    params = {"n_steps": 8} if method == "integrated_gradients" else {}
+    r = explain(explainer, CHAT | {"method": method, "params": params})
     assert r.status_code == 200, r.text
     [e] = r.json()["explanations"]
     texts = [f["text"] for f in e["input_features"]]
@@ -58,8 +60,10 @@ def test_leave_one_out_token_attr_adds_up(explainer) -> None:
     assert len(e["token_attr"]) == len(e["output_tokens"])
     for col, total in zip(columns, e["seq_attr"], strict=True):
         assert sum(col) == pytest.approx(total, abs=1e-6)
-    # n features + baseline + faithfulness (top-1 and the 3 single-feature subsets)
-    assert e["stats"]["forward_passes"] == 3 + 1 + 4
+    # baseline + one pass per feature; the deletion test (top-1 and every single feature)
+    # reuses those scores instead of sending the same prompts again
+    assert e["stats"]["forward_passes"] == 1 + 3
+    assert e["faithfulness"]["topk_drop"] == pytest.approx(max(e["seq_attr"]))
 
 
 def test_generates_the_response_when_absent(explainer) -> None:
@@ -79,6 +83,7 @@ def test_sampled_ablation_cost_is_the_sample_budget(explainer) -> None:
     body = {"prompt": FACTS + " Answer:", "response": " Rome", "granularity": "word",
             "method": "sampled_ablation", "params": {"num_samples": 10}, "html": False}
     [e] = explain(explainer, body).json()["explanations"]
-    assert len(e["seq_attr"]) == 13
-    # 10 masks + the baseline + faithfulness (top-k and 16 random subsets)
-    assert e["stats"]["forward_passes"] == 10 + 1 + 1 + 16
+    assert len(e["seq_attr"]) == 13 and e["method_info"]["num_samples"] == 10
+    # at most: the baseline, 10 masks, the deletion test's top-k and 16 random subsets
+    # (fewer when a set repeats), whatever the number of features
+    assert 1 + 10 <= e["stats"]["forward_passes"] <= 1 + 10 + 1 + 16

@@ -90,7 +90,8 @@ def test_installed_plugin_is_listed_and_used(installed_plugin, predictor_url: st
         assert r.status_code == 200, r.text
         [e] = r.json()["explanations"]
         assert e["method"] == "keep_only"
-        assert e["stats"]["forward_passes"] == 1 + 4 + 4  # baseline, method, faithfulness
+        # baseline, the method's 4 sets, the deletion test's 3 single-feature sets
+        assert e["stats"]["forward_passes"] == 1 + 4 + 3
         attr = dict(zip([f["text"] for f in e["input_features"]], e["seq_attr"], strict=True))
         # alone, the supporting fact makes "Bob lives in Rome." far likelier than the distractor
         assert attr["Bob lives in Rome."] > attr["Alice lives in Paris."] + 1.0, attr
