@@ -59,10 +59,14 @@ def random_prompts(
         raise ValueError("input and output lengths must be positive")
     rng = random.Random(seed)
     pool = _word_pool(tokenizer)
+    # The prompt's first word loses its leading space: it must be one token without it too.
+    firsts = [t for t in pool
+              if len(tokenizer.encode(tokenizer.decode([t]).lstrip(),
+                                      add_special_tokens=False)) == 1]
     prompts = []
     for _ in range(num):
         for _attempt in range(20):
-            ids = [rng.choice(pool) for _ in range(input_len)]
+            ids = [rng.choice(firsts)] + [rng.choice(pool) for _ in range(input_len - 1)]
             text = tokenizer.decode(ids).lstrip()
             if count_tokens(tokenizer, text) == input_len:
                 break
