@@ -9,6 +9,7 @@ the explainer must explain. One set of processes per example serves all its asse
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,19 @@ class TestStandardCpu:
 
     def test_openai_chat_answers_paris(self, standard_cpu) -> None:
         assert_chat_answers_paris(standard_cpu.component_url("predictor"), "smollm2")
+
+    def test_keda_query_names_series_the_runtime_exports(self, standard_cpu) -> None:
+        """The autoscaling query would find the metrics: same names, same model_name label."""
+        [metric] = example("smollm2-standard-cpu").doc["spec"]["predictor"]["autoScaling"][
+            "metrics"]
+        selectors = re.findall(r"(vllm:\w+)\{([^}]*)\}", metric["external"]["metric"]["query"])
+        assert len(selectors) == 2
+        text = httpx.get(standard_cpu.component_url("predictor") + "/metrics").text
+        for name, labels in selectors:
+            wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            series = [dict(re.findall(r'(\w+)="([^"]*)"', m))
+                      for m in re.findall(rf"^{re.escape(name)}\{{([^}}]*)\}}", text, re.M)]
+            assert any(wanted.items() <= s.items() for s in series), (name, wanted, series)
 
     def test_explainer_explains_through_the_predictor(self, standard_cpu) -> None:
         [_, expl] = standard_cpu.containers
