@@ -407,10 +407,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start", action="store_true", help="start `python -m runtime` first "
                    "(and stop it at the end)")
     p.add_argument("--model-dir", default=".models/smollm2", help="with --start")
-    p.add_argument("--server-arg", action="append", default=["--max-model-len=2048"],
-                   help="extra predictor argument with --start (repeatable)")
+    p.add_argument("--server-arg", action="append", default=None,
+                   help="extra predictor argument with --start (repeatable; "
+                   "--max-model-len=2048 is always passed)")
     p.add_argument("--server-log", default="soak-server.log", help="with --start")
     args = p.parse_args(argv)
+    args.server_arg = ["--max-model-len=2048", *(args.server_arg or [])]
     if not args.start and args.pid is None:
         p.error("--pid is required unless --start is given")
     if urlparse(args.url).hostname not in LOOPBACK:
