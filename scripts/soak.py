@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,7 +411,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-arg", action="append", default=None,
                    help="extra predictor argument with --start (repeatable; "
                    "--max-model-len=2048 is always passed)")
-    p.add_argument("--server-log", default="soak-server.log", help="with --start")
+    p.add_argument("--server-log", default=os.path.join(tempfile.gettempdir(),
+                                                         "soak-server.log"), help="with --start")
     args = p.parse_args(argv)
     args.server_arg = ["--max-model-len=2048", *(args.server_arg or [])]
     if not args.start and args.pid is None:
