@@ -67,7 +67,7 @@ def assert_chat_answers_paris(url: str, model: str) -> None:
 def assert_explains(url: str, model: str) -> None:
     body = {"messages": [{"role": "user", "content": FACTS}], "response": "Bob lives in Rome.",
             "granularity": "sentence", "method": "leave_one_out", "html": False}
-    r = httpx.post(f"{url}/v1/models/{model}:explain", json=body, timeout=300)
+    r = httpx.post(f"{url}/v1/models/{model}:explain", json=body, timeout=600)
     assert r.status_code == 200, r.text
     [e] = r.json()["explanations"]
     attr = dict(zip([f["text"] for f in e["input_features"]], e["seq_attr"], strict=True))

@@ -112,7 +112,8 @@ def test_explainer_gets_the_arguments_kserve_appends() -> None:
     plans = plan(example("smollm2-knative-cpu"), runtimes())
     [e] = [p for p in plans if p.component == "explainer"]
     assert e.container["command"] == ["python", "-m", "explainers"]
-    assert e.container["args"] == ["--model_dir=/mnt/models", "--model_name", "smollm2-knative",
+    assert e.container["args"] == ["--model_dir=/mnt/models", "--predictor_timeout=300",
+                                   "--model_name", "smollm2-knative",
                                    "--predictor_host", "smollm2-knative-predictor.default",
                                    "--http_port", "8080"]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
