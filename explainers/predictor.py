@@ -53,14 +53,17 @@ class PredictorClient:
     timeout: float = 120.0
     chunk_size: int = 64
     api_prefix: str = "/v1"
+    api_key: str | None = None
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
     _ready_cache: tuple[float, bool] = (0.0, False)
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
             self._client = httpx.AsyncClient(
-                base_url=self.url, timeout=httpx.Timeout(self.timeout, connect=10.0),
+                base_url=self.url, headers=headers,
+                timeout=httpx.Timeout(self.timeout, connect=10.0),
                 limits=httpx.Limits(max_connections=32),
             )
         return self._client

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any
 
 import kserve
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name in OpenAI requests (default: --model_name)")
     p.add_argument("--predictor_api_prefix", default="/v1",
                    help="prefix of the predictor's OpenAI routes (/v1 or /openai/v1)")
+    p.add_argument("--predictor_api_key", default=None,
+                   help="Bearer key for a predictor started with --api_key "
+                        "(default: $PREDICTOR_API_KEY)")
     p.add_argument("--predictor_timeout", type=float, default=120.0,
                    help="seconds to wait for one predictor request before answering 504")
     p.add_argument("--predictor_batch_size", type=int, default=64,
@@ -138,6 +142,7 @@ def build_explainer(args: argparse.Namespace) -> Explainer:
         url=base_url(args.predictor_host), model=args.predictor_model_name or args.model_name,
         timeout=args.predictor_timeout, chunk_size=args.predictor_batch_size,
         api_prefix=args.predictor_api_prefix.rstrip("/"),
+        api_key=args.predictor_api_key or os.environ.get("PREDICTOR_API_KEY") or None,
     )
     limits = Limits(max_budget=args.max_budget, max_features=args.max_features)
     return Explainer(tokenizer, client, methods, limits)
