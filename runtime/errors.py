@@ -64,6 +64,13 @@ class OverloadedError(ClientError):
     retry_after = 1
 
 
+class ForbiddenError(ClientError):
+    """The operation is not allowed on this server (403 / PERMISSION_DENIED)."""
+
+    http_status = HTTPStatus.FORBIDDEN
+    grpc_code = "PERMISSION_DENIED"
+
+
 class ServerError(ServingError):
     """The server is at fault (500 / INTERNAL). Logged with the request id."""
 

@@ -44,6 +44,27 @@ def check(limits: Limits, params: dict[str, Any], prompts: int) -> None:
                           f"{limits.max_stop_sequences} (--max_stop_sequences)")
 
 
+def check_text(value: Any, where: str = "request") -> None:
+    """Raise ``ClientError`` for strings that are not valid Unicode text.
+
+    JSON may carry unpaired surrogates (``"\\ud800"``); Python decodes them, but the tokenizer
+    and the engine's serializer fail on them with a 500. They are the client's error.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ClientError(f"{where} holds a string that is not valid Unicode "
+                              "(an unpaired surrogate)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_text(k, where)
+            check_text(v, where)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_text(v, where)
+
+
 def openai_work(body: Any) -> tuple[dict[str, Any], int, int]:
     """(parameters, prompts, n) of an OpenAI completions/chat/embeddings body."""
     if not isinstance(body, dict):

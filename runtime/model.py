@@ -95,6 +95,8 @@ class LLMModel(Model):
                 self.admission.enter()
                 entered = True
             request = v2.decode_request(payload)
+            limits.check_text(request.prompts, "input 'text_input'")
+            limits.check_text(request.params, "parameters")
             limits.check(self.settings.limits, request.params, len(request.prompts))
             self.admission.admit(len(request.prompts))
             completions = await self.llm.complete(request)

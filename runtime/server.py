@@ -136,7 +136,7 @@ def run(settings: RuntimeSettings) -> None:
     from kserve import ModelServer
     from kserve.model_server import app
 
-    from runtime.dataplane import RuntimeDataPlane
+    from runtime.dataplane import LockedRepositoryExtension, RuntimeDataPlane
     from runtime.model import LLMModel
 
     model = LLMModel(settings.model_name, engine, lifecycle, admission, settings)
@@ -156,6 +156,8 @@ def run(settings: RuntimeSettings) -> None:
         ssl_keyfile=settings.ssl_keyfile,
     )
     server.dataplane = RuntimeDataPlane(server.registered_models, lifecycle)
+    server.model_repository_extension = LockedRepositoryExtension(
+        model_registry=server.registered_models)
     names = [settings.model_name, *settings.served_model_aliases]
     for name in names:
         server.register_model(model, name)

@@ -30,6 +30,9 @@ INFERENCE = re.compile(r"^/openai/|^/v1/(completions|chat/completions|embeddings
 # Routes answered with one JSON body after the engine finishes: cancel them on disconnect.
 # (Streams are cancelled by Starlette itself; vLLM's OpenAI routes watch for it themselves.)
 NON_STREAMED = re.compile(r"/(infer|generate)$|:predict$")
+# The v2 spec's versioned paths: this runtime has one, unnamed version of its model, so
+# `/v2/models/m/versions/v/...` is served as `/v2/models/m/...` (KServe would answer 501).
+VERSIONED = re.compile(r"^(/v2/models/[^/]+)/versions/[^/]+(/.*)?$")
 
 
 def _protocol(path: str) -> str:
@@ -77,6 +80,10 @@ class Gate:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        versioned = VERSIONED.match(path)
+        if versioned:
+            path = versioned.group(1) + (versioned.group(2) or "")
+            scope = {**scope, "path": path, "raw_path": path.encode()}
         headers = dict(scope.get("headers", ()))
         token = request_id.set(new_request_id(headers.get(b"x-request-id", b"").decode(
             "latin-1")))

@@ -69,6 +69,7 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str],
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
             raise ClientError(f"malformed JSON body: {exc}") from None
+        limits.check_text(body)
         gen = decode_generate(body)
         limits.check(request_limits, gen.params, 1)
         admission.admit(1)
@@ -102,21 +103,36 @@ def build_router(engine: Engine, lifecycle: Lifecycle, served_names: list[str],
         token = current_protocol.set(PROTOCOL)
         try:
             gen = await _prepare(model_name, request)
-            deltas = await engine.stream(gen)  # bad input raises here, before any byte is sent
+            deltas = await engine.stream(gen)
+            # Some checks run only once the engine has the request: wait for the first piece
+            # so that bad input is still a 4xx before the stream starts (TTFT is unchanged:
+            # nothing could be sent before the first token anyway).
+            try:
+                first = await anext(aiter(deltas), None)
+            except BaseException:
+                await deltas.aclose()  # type: ignore[attr-defined]
+                raise
         except ServingError as exc:
             count_request(model_name, PROTOCOL, _outcome(exc))
             raise
         finally:
             current_protocol.reset(token)
-        return StreamingResponse(_events(model_name, deltas, _base(model_name)),
+        return StreamingResponse(_events(model_name, first, deltas, _base(model_name)),
                                  media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})
 
-    async def _events(model_name: str, deltas: AsyncIterator[Delta],
+    async def _chain(first: Delta | None, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+        if first is None:
+            return
+        yield first
+        async for d in rest:
+            yield d
+
+    async def _events(model_name: str, first: Delta | None, deltas: AsyncIterator[Delta],
                       base: dict[str, Any]) -> AsyncIterator[str]:
         outcome = "aborted"
         try:
-            async for d in deltas:
+            async for d in _chain(first, deltas):
                 event: dict[str, Any] = {**base, "text_output": d.text}
                 if d.finish_reason is not None or d.completion_tokens is not None:
                     event |= {"finish_reason": d.finish_reason,

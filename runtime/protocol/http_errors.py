@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime.errors import PayloadTooLargeError, ServingError
@@ -41,10 +42,18 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
 
 
+async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Framework errors (unknown path, undecodable body, ...) in the v2 shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handler table on the ModelServer's app."""
     app.add_exception_handler(ServingError, serving_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_exception_handler)
 
 
 class BodySizeLimit:

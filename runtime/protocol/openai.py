@@ -17,7 +17,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from runtime import limits
 from runtime.admission import Admission
-from runtime.errors import ServingError
+from runtime.errors import ClientError, ServingError
 from runtime.lifecycle import Lifecycle
 from runtime.limits import Limits
 from runtime.metrics import count_request, current_protocol, outcome_for_status
@@ -48,11 +48,12 @@ class OpenAIGateway:
         self.limits = request_limits
 
     async def _check(self, body: bytes) -> None:
-        """Limits and overload, from the body; malformed JSON is left to vLLM's 400."""
+        """Malformed JSON, limits and overload, from the body, before vLLM sees it."""
         try:
             parsed = json.loads(body) if body else None
-        except ValueError:
-            return
+        except ValueError as exc:  # includes bodies that are not UTF-8
+            raise ClientError(f"malformed JSON body: {exc}") from None
+        limits.check_text(parsed)
         params, prompts, n = limits.openai_work(parsed)
         limits.check(self.limits, params, prompts)
         self.admission.admit(prompts * n)
