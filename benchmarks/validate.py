@@ -36,7 +36,7 @@ from benchmarks.clients import Target
 from benchmarks.load import Load
 from benchmarks.runner import RunPlan, run
 from benchmarks.servers import server_env, vllm_server
-from benchmarks.workload import load_tokenizer, random_prompts
+from benchmarks.workload import Prompt, load_tokenizer, random_prompts
 
 COMPARED = ("output_throughput", "median_ttft_ms")
 
@@ -51,28 +51,31 @@ def start_theirs(a: argparse.Namespace, url: str, seed: int, concurrency: int, w
                           concurrency=concurrency, num_prompts=a.num_prompts,
                           input_len=a.input_len, output_len=a.output_len, seed=seed,
                           warmups=warmups)
+    log = out.with_suffix(".log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "benchmarks.baseline", str(out), "--",
-                             *flags], env=server_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             *flags], env=server_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_theirs(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
     if proc.wait(timeout=1800) != 0:
-        raise RuntimeError(f"vLLM's harness exited with {proc.returncode}")
-    return json.loads(out.read_text())
+        raise RuntimeError(f"vLLM's harness exited with {proc.returncode}; see {out}.log")
+    result = json.loads(out.read_text())
+    if result.get("failed"):
+        raise RuntimeError(f"{result['failed']} requests of vLLM's harness failed; see "
+                           f"{out.with_suffix('.log')}")
+    return result
 
 
-def ours(a: argparse.Namespace, url: str, seed: int, tokenizer: Any, concurrency: int,
-         warmups: int) -> dict[str, Any]:
-    """One round of this client with the same workload (closed loop at ``concurrency``)."""
-    prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
-                             seed + 1000)
+def ours(a: argparse.Namespace, url: str, prompts: list[Prompt], tokenizer: Any,
+         concurrency: int, warmups: int) -> dict[str, Any]:
+    """One round of this client with the same workload (closed loop at ``concurrency``);
+    the last ``warmups`` prompts warm up."""
     load = Load(concurrency=concurrency)
-    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=warmups, seed=seed,
-                   cooldown_s=0.0)
+    plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=warmups, cooldown_s=0.0)
+    n = len(prompts) - warmups
     res = run([Target("vllm", url, a.served_model_name)],
-              {("openai-chat", load.label, 0): prompts[:a.num_prompts]},
-              prompts[a.num_prompts:], plan, tokenizer, progress=False)
+              {("openai-chat", load.label, 0): prompts[:n]}, prompts[n:], plan, tokenizer,
+              progress=False)
     return res.points[0]
 
 
@@ -95,17 +98,22 @@ def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ours, vLLM's) for round ``r`` in the chosen mode."""
     out = tmp / f"vllm-{r}.json"
-    if a.mode == "together":
+    together = a.mode == "together"
+    warmups = 0 if together else a.warmup
+    # Built before vLLM's harness starts, so that this client starts sending at once.
+    prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
+                             seed=1000 + r)
+    if together:
         half = max(1, a.concurrency // 2)
         proc = start_theirs(a, url, r, half, 0, out)
         wait_for_requests(url, proc)
-        mine = ours(a, url, r, tokenizer, half, 0)
+        mine = ours(a, url, prompts, tokenizer, half, 0)
         return mine, finish_theirs(proc, out)
     if r % 2:  # turns: A B, then B A
-        mine = ours(a, url, r, tokenizer, a.concurrency, a.warmup)
-        return mine, finish_theirs(start_theirs(a, url, r, a.concurrency, a.warmup, out), out)
-    vllm = finish_theirs(start_theirs(a, url, r, a.concurrency, a.warmup, out), out)
-    return ours(a, url, r, tokenizer, a.concurrency, a.warmup), vllm
+        mine = ours(a, url, prompts, tokenizer, a.concurrency, warmups)
+        return mine, finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out), out)
+    vllm = finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out), out)
+    return ours(a, url, prompts, tokenizer, a.concurrency, warmups), vllm
 
 
 def agreement(mine: list[dict[str, Any]], vllm: list[dict[str, Any]],
@@ -150,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(a.model_dir)
         mine, vllm = [], []
         if a.mode == "together":  # warm the server once; the rounds then send no warm-up
-            ours(argparse.Namespace(**{**vars(a), "num_prompts": a.concurrency}), url, -1,
-                 tokenizer, a.concurrency, 0)
+            ours(a, url, random_prompts(tokenizer, a.concurrency, a.input_len, a.output_len,
+                                        seed=999), tokenizer, a.concurrency, 0)
         for r in range(a.rounds):
             m, v = one_round(a, url, r, tokenizer, a.out)
             mine.append(m)
