@@ -125,6 +125,8 @@ def run_schema_fuzz(operation: Any, *, mode: GenerationMode, base_url: str, over
                 KNOWN_SEEN.append(issue)
                 return
         case.validate_response(response, checks=[not_a_server_error])
+        # 404/405 may come from the router itself (a generated path that matches no route),
+        # which answers FastAPI's {"detail": ...}; every other 4xx comes from the protocol.
         if 400 <= response.status_code < 500 and response.status_code not in (404, 405):
             try:
                 payload = response.json()
