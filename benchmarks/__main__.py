@@ -14,6 +14,7 @@ from pathlib import Path
 
 from benchmarks import cli, sidebyside
 from benchmarks.compare import compare_points, comparison_markdown
+from benchmarks.servers import stop_on_sigterm
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -37,6 +38,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     argv = list(sys.argv[1:] if argv is None else argv)
     engine_args: list[str] = []
     if "--" in argv:

@@ -28,7 +28,7 @@ from typing import Any
 from benchmarks.clients import Target
 from benchmarks.load import Load
 from benchmarks.runner import RunPlan, run
-from benchmarks.servers import ManagedServer, runtime_server, vllm_server
+from benchmarks.servers import ManagedServer, runtime_server, stop_on_sigterm, vllm_server
 from benchmarks.sidebyside import DEFAULT_ENGINE_ARGS, free_port
 from benchmarks.workload import load_tokenizer, random_prompts
 
@@ -86,6 +86,7 @@ def shares(raw: str) -> tuple[dict[str, float], list[tuple[str, float]], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--server", choices=("runtime", "vllm"), required=True)

@@ -28,6 +28,11 @@ _KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
 _PATH_KEYS = ("model", "tokenizer")
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the servers we started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def server_env() -> dict[str, str]:
     """The engine's environment: small CPU KV cache, offline, no usage stats."""
     env = dict(os.environ)

@@ -35,7 +35,7 @@ import httpx
 from benchmarks.clients import Target
 from benchmarks.load import Load
 from benchmarks.runner import RunPlan, run
-from benchmarks.servers import server_env, vllm_server
+from benchmarks.servers import server_env, stop_on_sigterm, vllm_server
 from benchmarks.workload import Prompt, load_tokenizer, random_prompts
 
 COMPARED = ("output_throughput", "median_ttft_ms")
@@ -128,6 +128,7 @@ def agreement(mine: list[dict[str, Any]], vllm: list[dict[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m benchmarks.validate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="model folder (tokenizer; weights)")
