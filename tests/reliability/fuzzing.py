@@ -203,24 +203,12 @@ def has_surrogate(value: Any) -> bool:
 
 # A failure that matches one of these is a bug already reported, pinned by a strict xfail test
 # in test_known_issues.py; the fuzz records it and goes on looking for new ones. Remove an
-# entry when its test is flipped. FUZZ_STRICT=1 disables them all.
+# entry when its test is flipped. FUZZ_STRICT=1 disables them all. Entries are
+# (xfail test name, predicate(path, body, response text or stream error)), for example
+#   ("test_unpaired_surrogate_is_a_client_error", lambda path, body, detail: has_surrogate(body))
+# Empty: everything the fuzzing found so far is fixed (runtime commit 170df43).
 KnownIssue = tuple[str, Callable[[str, Any, str], bool]]
-KNOWN_ISSUES: list[KnownIssue] = [
-    # a 5xx for a request that carries an unpaired surrogate anywhere (prompt, stop, ...)
-    ("test_unpaired_surrogate_is_a_client_error",
-     lambda path, body, detail: has_surrogate(body)),
-    # KServe's 501 "Model versioning not supported yet." on the spec's versioned routes
-    ("test_versioned_v2_routes_are_not_5xx",
-     lambda path, body, detail: "/versions/" in path),
-    # generate_stream answers 200, then an error event, for some bad input (empty prompt,
-    # allowed_token_ids: []): checks that run only once the engine has the request
-    ("test_generate_stream_rejects_bad_input_before_streaming",
-     lambda path, body, detail: path.endswith("generate_stream")
-     and "internal error" not in detail),
-    # a body that is not UTF-8 gets FastAPI's {"detail": ...}, not the protocol's error shape
-    ("test_undecodable_body_gets_the_protocol_error_shape",
-     lambda path, body, detail: "There was an error parsing the body" in detail),
-]
+KNOWN_ISSUES: list[KnownIssue] = []
 
 
 def known_issue(path: str, body: Any, detail: str = "") -> str | None:

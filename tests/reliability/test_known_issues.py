@@ -2,10 +2,11 @@
 
 Why a file of its own: a fuzz failure is a random example; each bug it found gets a fixed
 request here, asserting the behaviour the design asks for (bad input is a 4xx in the
-protocol's error shape, never a 5xx). Those still open are marked ``xfail(strict=True)``: the
-suite stays green while they are open, and turns red the moment one is fixed, so the marker
-is removed in the same change as the fix (and the matching entry of
-``fuzzing.KNOWN_ISSUES``). Cases without a marker pass today and guard against regressions.
+protocol's error shape, never a 5xx). All of them were fixed in runtime/ (commit 170df43) and
+these tests keep them fixed. A new finding goes here as ``pytest.mark.xfail(strict=True,
+raises=AssertionError, reason=...)`` until its fix lands, with a matching entry in
+``fuzzing.KNOWN_ISSUES`` so the fuzzing goes on looking past it; the marker and the entry are
+removed in the same change as the fix (strict: the suite fails the moment a fix lands).
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from tests.support.server import ServerProcess, start_runtime
 
 pytestmark = pytest.mark.slow
 LONE = "\ud800"  # an unpaired surrogate: json.dumps escapes it as \\ud800, UTF-8 cannot encode it
-
-
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 def post(url: str, body: Any) -> httpx.Response:
@@ -63,31 +60,25 @@ INFER = f"/v2/models/{MODEL}/infer"
 COMPLETIONS = "/openai/v1/completions"
 CHAT = "/openai/v1/chat/completions"
 
-SURROGATE_REASON = ("an unpaired surrogate reaches the tokenizer (TypeError) or the engine-core "
-                    "serializer (UnicodeEncodeError -> EngineGenerateError): 500, not 400")
 SURROGATE_CASES = [
     pytest.param(COMPLETIONS, {"model": MODEL, "prompt": LONE, "max_tokens": 4},
                  id="openai-completions-prompt"),
     pytest.param(CHAT, chat(LONE), id="openai-chat-content"),
     pytest.param(GENERATE, {"text_input": LONE, "parameters": {"max_tokens": 4}},
-                 id="generate-text_input", marks=xfail(SURROGATE_REASON)),
+                 id="generate-text_input"),
     pytest.param(STREAM, {"text_input": LONE, "parameters": {"max_tokens": 4}},
-                 id="generate_stream-text_input", marks=xfail(SURROGATE_REASON)),
-    pytest.param(INFER, v2_infer(LONE), id="v2-infer-text_input", marks=xfail(SURROGATE_REASON)),
+                 id="generate_stream-text_input"),
+    pytest.param(INFER, v2_infer(LONE), id="v2-infer-text_input"),
     pytest.param(GENERATE, {"text_input": "hi", "parameters": {"max_tokens": 4, "stop": [LONE]}},
-                 id="generate-stop", marks=xfail(SURROGATE_REASON)),
-    pytest.param(INFER, v2_infer("hi", stop=LONE), id="v2-infer-stop",
-                 marks=xfail(SURROGATE_REASON)),
+                 id="generate-stop"),
+    pytest.param(INFER, v2_infer("hi", stop=LONE), id="v2-infer-stop"),
     pytest.param(COMPLETIONS, {"model": MODEL, "prompt": "hi", "max_tokens": 4, "stop": [LONE]},
-                 id="openai-completions-stop", marks=xfail(SURROGATE_REASON)),
+                 id="openai-completions-stop"),
     pytest.param(COMPLETIONS, {"model": MODEL, "prompt": "hi", "max_tokens": 4,
                                "bad_words": [LONE]},
-                 id="openai-completions-bad_words", marks=xfail(SURROGATE_REASON)),
-    pytest.param(CHAT, chat("hi", stop=LONE), id="openai-chat-stop",
-                 marks=xfail(SURROGATE_REASON)),
-    pytest.param(CHAT, chat("hi", stop=LONE, stream=True), id="openai-chat-stream-stop",
-                 marks=xfail("streamed: 200, then an in-band error event with code 500 and an "
-                             "empty message")),
+                 id="openai-completions-bad_words"),
+    pytest.param(CHAT, chat("hi", stop=LONE), id="openai-chat-stop"),
+    pytest.param(CHAT, chat("hi", stop=LONE, stream=True), id="openai-chat-stream-stop"),
 ]
 
 
@@ -106,8 +97,6 @@ VERSIONED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="KServe's DataPlane answers 501 'Model versioning not "
-                   "supported yet.' on the spec's versioned routes")
 @pytest.mark.parametrize("method,route,body", VERSIONED)
 def test_versioned_v2_routes_are_not_5xx(predictor: ServerProcess, method: str, route: str,
                                          body: dict[str, Any] | None) -> None:
@@ -126,8 +115,6 @@ STREAM_BAD_INPUT = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="generate_stream starts the stream (200) and sends the "
-                   "validation error as an event; /generate answers 400 for the same body")
 @pytest.mark.parametrize("body", STREAM_BAD_INPUT)
 def test_generate_stream_rejects_bad_input_before_streaming(predictor: ServerProcess,
                                                             body: dict[str, Any]) -> None:
@@ -143,8 +130,6 @@ UNDECODABLE = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="a body that is not UTF-8 gets FastAPI's "
-                   "{'detail': 'There was an error parsing the body'}, not the protocol's shape")
 @pytest.mark.parametrize("route", UNDECODABLE)
 def test_undecodable_body_gets_the_protocol_error_shape(predictor: ServerProcess,
                                                         route: str) -> None:
@@ -153,9 +138,6 @@ def test_undecodable_body_gets_the_protocol_error_shape(predictor: ServerProcess
     assert_client_error(route, r)
 
 
-@pytest.mark.xfail(strict=True, reason="KServe's model-repository extension is mounted: an "
-                   "unauthenticated POST /v2/repository/models/{m}/unload stops the engine for "
-                   "good (load does not bring it back; readiness and liveness stay 503)")
 def test_repository_unload_cannot_take_the_model_down(model_dir: str) -> None:
     """One anonymous request must not take a pod out of service. Its own server: when the
     bug is present the request kills the engine, which must not be the session's predictor."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
@@ -72,8 +74,19 @@ def test_only_loopback_and_a_pid(soak: ModuleType) -> None:
 
 
 def test_sample_counts_descendants(soak: ModuleType) -> None:
-    """Sampling this test process (which has no children) gives its own RSS and FDs."""
-    sample = soak.sample_process(os.getpid())
-    assert sample["rss_mib"] == sample["rss_server_mib"] > 10
-    assert sample["rss_children_mib"] == 0
-    assert sample["fds"] == sample["fds_server"] >= 3
+    """A shell with a child: the child's RSS and FDs are in the totals, not in the root's."""
+    proc = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sample = soak.sample_process(proc.pid)
+    finally:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    assert sample["rss_children_mib"] > 0
+    assert sample["rss_mib"] == pytest.approx(sample["rss_server_mib"]
+                                              + sample["rss_children_mib"], abs=0.2)
+    assert sample["fds"] > sample["fds_server"] >= 3
