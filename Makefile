@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	# checkov pins packaging/networkx/cachetools versions that would break vLLM and torch:
 	# it lives in its own folder, used by the deployment lint test via PYTHONPATH.
-	$(PY) -m pip install -q --target .cache/checkov "checkov==3.3.30"
+	$(PY) -m pip install -q --no-warn-conflicts --target .cache/checkov "checkov==3.3.30"
 	touch $@
 
 install: $(VENV)/.installed
