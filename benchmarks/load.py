@@ -153,7 +153,8 @@ def self_check(result: PointResult, load: Load) -> dict[str, Any]:
         "scheduled_rate": None,
     }
     reasons = []
-    if check["client_cpu_fraction"] > MAX_CLIENT_CPU:
+    # (a point that failed at once lasts milliseconds: its CPU fraction says nothing)
+    if check["client_cpu_fraction"] > MAX_CLIENT_CPU and result.duration_s >= 1.0:
         reasons.append(f"client CPU {check['client_cpu_fraction']:.0%} of a core")
     if check["dispatch_lag_p99_ms"] > MAX_DISPATCH_LAG_P99_S * 1000:
         reasons.append(f"dispatch lag p99 {check['dispatch_lag_p99_ms']:.0f} ms")
