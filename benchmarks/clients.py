@@ -4,7 +4,9 @@ Why one small coroutine per API: each protocol frames its stream differently (Op
 chunks with ``choices``, the generate extension's ``text_output`` events, a single v2 infer
 response), but they all fill the same :class:`RequestRecord`: start just before the request
 is sent, one time stamp per chunk that carries output text, the server's token usage when it
-reports one. Anything unexpected (HTTP error, error event, no output) marks the request
+reports one. As in vLLM's harness, every streamed chunk that carries a choice (OpenAI) or a
+``text_output`` (generate extension) counts as output, even when its text is empty (a
+special token). Anything unexpected (HTTP error, error event, no output) marks the request
 failed with the reason; nothing is dropped.
 
 Plain vLLM has no v2 routes, so for a baseline target the v2 APIs are sent as the OpenAI
@@ -102,7 +104,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any]
                 on_event(json.loads(payload), now)
     record.end = record.chunk_times[-1] if record.chunk_times else time.perf_counter()
     if not record.error and not record.chunk_times:
-        record.error = "stream ended without any output text"
+        record.error = "stream ended without any output"
     record.success = not record.error
 
 
@@ -119,11 +121,12 @@ def _openai_event(record: RequestRecord, chat: bool) -> Callable[[dict[str, Any]
     def on_event(event: dict[str, Any], now: float) -> None:
         if "error" in event:
             record.error = f"error event: {str(event['error'])[:300]}"
-        for choice in event.get("choices") or ():
+        choices = event.get("choices") or ()
+        if choices:  # vLLM's harness: every chunk with a choice is a token, even if empty
+            record.chunk_times.append(now)  # (a special token decodes to "", still a token)
+        for choice in choices:
             piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-            if piece:
-                record.chunk_times.append(now)
-                record.text += piece
+            record.text += piece or ""
         _openai_usage(record, event)
     return on_event
 
@@ -170,9 +173,9 @@ async def v2_generate_stream(session: Any, target: Target, prompt: Prompt, sampl
     def on_event(event: dict[str, Any], now: float) -> None:
         if "error" in event:
             record.error = f"error event: {str(event['error'])[:300]}"
-        if piece := event.get("text_output"):
+        if "text_output" in event:
             record.chunk_times.append(now)
-            record.text += piece
+            record.text += event["text_output"] or ""
         _v2_counts(record, event)
 
     await _stream(session, url, body, record, on_event)
