@@ -46,9 +46,13 @@ def local_executable(name: str) -> str:
 
 
 def _map_paths(value: str, paths: dict[str, str]) -> str:
-    for src, dst in paths.items():
-        value = re.sub(rf"(?<![\w.~/-]){re.escape(src)}(?=/|$|[^\w.-])", dst, value)
-    return value
+    """Replace container paths by local ones in one pass, so that a replacement is never
+    mapped again (a model folder under /tmp must not become the /tmp emptyDir)."""
+    if not paths:
+        return value
+    sources = "|".join(re.escape(src) for src in sorted(paths, key=len, reverse=True))
+    pattern = rf"(?<![\w.~/-])({sources})(?=/|$|[^\w.-])"
+    return re.sub(pattern, lambda m: paths[m.group(1)], value)
 
 
 def _declared_ports(c: dict[str, Any], env: dict[str, str]) -> set[int]:

@@ -151,10 +151,13 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         if model_dir is not None and models[-1] != model_dir:
             parser.error(f"--model {models[-1]} disagrees with --model_dir {model_dir}")
         model_dir = models[-1]
+    model_dir = model_dir or "/mnt/models"
+    if model_dir.startswith(("/", ".")) and not os.path.isdir(model_dir):
+        parser.error(f"model folder {model_dir} does not exist (--model_dir)")
     engine_argv, aliases = _take(engine_argv, "--served-model-name")
     return RuntimeSettings(
         model_name=args.model_name,
-        model_dir=model_dir or "/mnt/models",
+        model_dir=model_dir,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         enable_grpc=args.enable_grpc,

@@ -280,6 +280,27 @@ class VLLMEngine(Engine):
                                     {"messages": [{"role": "user", "content": prompt}]},
                                     params, stream)
 
+    def validate_openai(self, path: str, body: Any) -> None:
+        """Run an OpenAI body through vLLM's own request model before vLLM's route does.
+
+        Why: some of vLLM's "before" validators assume nested objects are dicts
+        (``"structured_outputs": 1.5`` -> ``AttributeError``), which its route answers with a 500.
+        Those are the client's error. Ordinary validation errors are left to vLLM's route,
+        which renders them as OpenAI 400s.
+        """
+        if path.endswith("/chat/completions"):
+            model: type[Any] = ChatCompletionRequest
+        elif path.endswith("/completions"):
+            model = CompletionRequest
+        else:
+            return
+        try:
+            model.model_validate(body)
+        except pydantic.ValidationError:
+            return
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            raise ClientError(f"invalid request: {type(exc).__name__}: {exc}") from None
+
     @staticmethod
     def _raise_error(result: Any) -> None:
         if isinstance(result, ErrorResponse):

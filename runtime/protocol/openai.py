@@ -47,13 +47,14 @@ class OpenAIGateway:
         self.admission = admission
         self.limits = request_limits
 
-    async def _check(self, body: bytes) -> None:
+    async def _check(self, body: bytes, path: str) -> None:
         """Malformed JSON, limits and overload, from the body, before vLLM sees it."""
         try:
             parsed = json.loads(body) if body else None
         except ValueError as exc:  # includes bodies that are not UTF-8
             raise ClientError(f"malformed JSON body: {exc}") from None
         limits.check_text(parsed)
+        self.engine.validate_openai(path, parsed)
         params, prompts, n = limits.openai_work(parsed)
         limits.check(self.limits, params, prompts)
         self.admission.admit(prompts * n)
@@ -82,7 +83,7 @@ class OpenAIGateway:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            await self._check(body)
+            await self._check(body, scope["path"])
         except ServingError as exc:
             outcome = "rejected" if exc.http_status in (429, 503) else "client_error"
             count_request(self.model_name, "openai", outcome)

@@ -7,27 +7,31 @@ import pytest
 from runtime import cli
 
 
-def test_kserve_flags_and_engine_passthrough() -> None:
-    s = cli.parse(["--model_name=m", "--model_dir=/models/x", "--http_port", "9000",
+def test_kserve_flags_and_engine_passthrough(tmp_path) -> None:
+    s = cli.parse(["--model_name=m", f"--model_dir={tmp_path}", "--http_port", "9000",
                    "--grpc-port", "9001", "--max-model-len", "1024", "--enforce-eager",
                    "--served-model-name", "alias"])
-    assert (s.model_name, s.model_dir, s.http_port, s.grpc_port) == ("m", "/models/x", 9000, 9001)
+    assert (s.model_name, s.model_dir, s.http_port, s.grpc_port) == ("m", str(tmp_path), 9000,
+                                                                      9001)
     assert s.engine_argv == ["--max-model-len", "1024", "--enforce-eager"]
     assert s.served_model_aliases == ["alias"]
 
 
-def test_model_alias_and_conflict() -> None:
-    assert cli.parse(["--model", "/a"]).model_dir == "/a"
-    assert cli.parse([]).model_dir == "/mnt/models"
+def test_model_alias_conflict_and_missing_folder(tmp_path) -> None:
+    assert cli.parse(["--model", str(tmp_path)]).model_dir == str(tmp_path)
+    assert cli.parse(["--model", "org/hub-model"]).model_dir == "org/hub-model"
     with pytest.raises(SystemExit):
-        cli.parse(["--model", "/a", "--model_dir", "/b"])
+        cli.parse(["--model", str(tmp_path), "--model_dir", "/b"])
+    with pytest.raises(SystemExit):
+        cli.parse(["--model_dir", str(tmp_path / "missing")])
 
 
-def test_vllm_listener_flags_are_dropped() -> None:
-    s = cli.parse(["--port", "1234", "--host=0.0.0.0", "--dtype", "float32"])
+def test_vllm_listener_flags_are_dropped(tmp_path) -> None:
+    s = cli.parse(["--model_dir", str(tmp_path), "--port", "1234", "--host=0.0.0.0",
+                   "--dtype", "float32"])
     assert s.engine_argv == ["--dtype", "float32"]
 
 
-def test_workers_must_be_one() -> None:
+def test_workers_must_be_one(tmp_path) -> None:
     with pytest.raises(SystemExit):
-        cli.parse(["--workers", "2"])
+        cli.parse(["--model_dir", str(tmp_path), "--workers", "2"])
