@@ -297,8 +297,10 @@ class VLLMEngine(Engine):
         try:
             model.model_validate(body)
         except pydantic.ValidationError:
-            return
-        except (AttributeError, TypeError, KeyError, IndexError) as exc:
+            return  # vLLM's route renders these itself, in its own words
+        except VLLMValidationError as exc:
+            raise ClientError(str(exc)) from None
+        except Exception as exc:  # any other failure to read untrusted input is the input's
             raise ClientError(f"invalid request: {type(exc).__name__}: {exc}") from None
 
     @staticmethod
