@@ -22,7 +22,7 @@ def guarded(model_dir: str):
     server = start_runtime(model_dir=model_dir, name="guarded", extra=[
         "--max-model-len=1024", "--max-num-seqs=2", f"--api_key={KEY}",
         "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
-        "--max_tokens_limit=200", "--max_stop_sequences=2"])
+        "--max_tokens_limit=800", "--max_stop_sequences=2"])
     # readiness is exempt from the key, so the fixture's health poll worked without it
     try:
         yield server
@@ -64,13 +64,13 @@ def test_api_key_on_grpc(guarded) -> None:
 @pytest.mark.parametrize("path,body,needle", [
     ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "n": 3}, "n=3"),
     ("/openai/v1/completions", {"model": "smollm2", "prompt": ["a", "b", "c"]}, "batch"),
-    ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "max_tokens": 500},
+    ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "max_tokens": 900},
      "max_tokens"),
     ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "stop": ["a", "b", "c"]},
      "stop"),
     ("/v2/models/smollm2/infer", v2_body(["a", "b", "c"]), "batch"),
-    ("/v2/models/smollm2/infer", v2_body(["a"], max_tokens=500), "max_tokens"),
-    ("/v2/models/smollm2/generate", {"text_input": "a", "parameters": {"max_tokens": 500}},
+    ("/v2/models/smollm2/infer", v2_body(["a"], max_tokens=900), "max_tokens"),
+    ("/v2/models/smollm2/generate", {"text_input": "a", "parameters": {"max_tokens": 900}},
      "max_tokens"),
     ("/v2/models/smollm2/generate", {"text_input": "a", "parameters": {"stop": ["a", "b", "c"]}},
      "stop"),
@@ -82,45 +82,92 @@ def test_limits(guarded, path: str, body: dict, needle: str) -> None:
     assert needle in (err["message"] if isinstance(err, dict) else err)
 
 
+def _in_flight(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith('kserve_llm_engine_requests_in_flight{model="smollm2"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _occupy(url: str, stop: threading.Event, finished: list[str]) -> None:
+    """Stream a long generation until ``stop`` is set (then hang up) or it ends by itself."""
+    with httpx.stream("POST", url + "/v2/models/smollm2/generate_stream", headers=AUTH,
+                      timeout=180, json={"text_input": "Tell me a long story",
+                                         "parameters": {"max_tokens": 800,
+                                                        "ignore_eos": True}}) as r:
+        assert r.status_code == 200
+        for _line in r.iter_lines():
+            if stop.is_set():
+                return
+    finished.append("finished")
+
+
+def _while_full(url: str, check) -> object:
+    """Run ``check`` while two long streams fill the engine (``--max-num-seqs=2``).
+
+    Why the retries: how long the occupying streams last depends on the machine; a check
+    is conclusive only if neither had finished when its answer came back, so an
+    inconclusive round is repeated rather than judged. The occupiers are then dropped,
+    which aborts their engine requests (the disconnect feature), so a round is short.
+    """
+    rounds = []
+    for _ in range(4):
+        finished: list[str] = []
+        stop = threading.Event()
+
+        threads = [threading.Thread(target=_occupy, args=(url, stop, finished))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        seen = [0.0]
+        while time.monotonic() < deadline and not finished and seen[-1] < 2:
+            time.sleep(0.1)
+            seen.append(_in_flight(url))
+        result = check() if seen[-1] >= 2 and not finished else None
+        conclusive = result is not None and not finished
+        stop.set()
+        for t in threads:
+            t.join(180)
+        deadline = time.monotonic() + 30
+        while _in_flight(url) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if conclusive:
+            return result
+        rounds.append((seen[-5:], finished))
+    pytest.fail(f"the engine was never full for a whole check: {rounds}")
+
+
 def test_overload_gets_429_with_retry_after(guarded) -> None:
     url = guarded.url
-    long = {"max_tokens": 200, "ignore_eos": True}
-    done: list[int] = []
+    grpc_infer(guarded.grpc_port, ["hi"], {"max_tokens": 1},  # imports the client now
+               metadata=[("authorization", f"Bearer {KEY}")])
 
-    def occupy() -> None:
-        r = httpx.post(url + "/v2/models/smollm2/generate", headers=AUTH, timeout=120,
-                       json={"text_input": "Tell me a long story", "parameters": long})
-        done.append(r.status_code)
+    def post(path: str, body: dict):
+        return lambda: httpx.post(url + path, headers=AUTH, json=body, timeout=60)
 
-    threads = [threading.Thread(target=occupy) for _ in range(2)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        metrics = httpx.get(url + "/metrics").text
-        if 'kserve_llm_engine_requests_in_flight{model="smollm2"} 2.0' in metrics:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the two occupying requests never ran")
-    r = httpx.post(url + "/v2/models/smollm2/generate", headers=AUTH,
-                   json={"text_input": "hi", "parameters": {"max_tokens": 2}})
+    r = _while_full(url, post("/v2/models/smollm2/generate",
+                              {"text_input": "hi", "parameters": {"max_tokens": 2}}))
     assert r.status_code == 429 and r.headers["retry-after"]
     assert "overloaded" in r.json()["error"]
-    r = httpx.post(url + "/openai/v1/completions", headers=AUTH,
-                   json={"model": "smollm2", "prompt": "hi", "max_tokens": 2})
+    r = _while_full(url, post("/openai/v1/completions",
+                              {"model": "smollm2", "prompt": "hi", "max_tokens": 2}))
     assert r.status_code == 429 and r.headers["retry-after"]
-    r = httpx.post(url + "/v2/models/smollm2/infer", headers=AUTH,
-                   json=v2_body(["hi"], max_tokens=2))
-    assert r.status_code == 429
-    with pytest.raises(grpc.RpcError) as err:
-        grpc_infer(guarded.grpc_port, ["hi"], {"max_tokens": 2},
-                   metadata=[("authorization", f"Bearer {KEY}")])
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    for t in threads:
-        t.join(120)
-    assert done == [200, 200]
+    r = _while_full(url, post("/v2/models/smollm2/infer", v2_body(["hi"], max_tokens=2)))
+    assert r.status_code == 429 and r.headers["retry-after"]
+
+    def grpc_check() -> grpc.RpcError | str:
+        try:
+            grpc_infer(guarded.grpc_port, ["hi"], {"max_tokens": 2},
+                       metadata=[("authorization", f"Bearer {KEY}")])
+        except grpc.RpcError as exc:
+            return exc
+        return "answered"
+
+    err = _while_full(url, grpc_check)
+    assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     metrics = httpx.get(url + "/metrics").text
     rejected = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("kserve_llm_requests_total") and 'outcome="rejected"' in line)
     assert rejected >= 4
+    assert _in_flight(url) == 0
