@@ -27,15 +27,25 @@ def run_vllm_harness(flags: list[str]) -> dict[str, Any]:
 
 def harness_flags(*, base_url: str, model: str, tokenizer: str, backend: str, endpoint: str,
                   concurrency: int, num_prompts: int, input_len: int, output_len: int,
-                  seed: int, warmups: int) -> list[str]:
-    """vLLM harness flags for the workload this package calls ``--dataset random``."""
+                  seed: int, warmups: int, prompts_jsonl: str | None = None) -> list[str]:
+    """vLLM harness flags for the workload this package calls ``--dataset random``, or, with
+    ``prompts_jsonl``, for exactly the prompts in that file, in its order (vLLM's ``custom``
+    dataset, ``{"prompt": ...}`` per line, sent as the user message without a client-side
+    chat template, as this client sends them). Per-request results are kept
+    (``--save-detailed``) so that distributions, not only summaries, can be compared."""
+    if prompts_jsonl is None:
+        dataset = ["--dataset-name", "random", "--random-input-len", str(input_len),
+                   "--random-output-len", str(output_len), "--random-range-ratio", "0"]
+    else:
+        dataset = ["--dataset-name", "custom", "--dataset-path", prompts_jsonl,
+                   "--custom-output-len", str(output_len), "--skip-chat-template",
+                   "--disable-shuffle"]
     return ["--backend", backend, "--base-url", base_url, "--endpoint", endpoint,
-            "--model", model, "--tokenizer", tokenizer, "--dataset-name", "random",
-            "--random-input-len", str(input_len), "--random-output-len", str(output_len),
-            "--random-range-ratio", "0", "--num-prompts", str(num_prompts),
+            "--model", model, "--tokenizer", tokenizer, *dataset,
+            "--num-prompts", str(num_prompts),
             "--max-concurrency", str(concurrency), "--request-rate", "inf",
             "--ignore-eos", "--temperature", "0", "--seed", str(seed),
-            "--num-warmups", str(warmups), "--disable-tqdm",
+            "--num-warmups", str(warmups), "--disable-tqdm", "--save-detailed",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,90,99"]
 
 

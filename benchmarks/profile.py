@@ -4,7 +4,7 @@ Why: when this runtime is slower than plain vLLM on the same engine, the differe
 the process in front of the engine (HTTP framework, protocol adapters, detokenization,
 metrics), not in the engine, which is the same code with the same settings. This starts one
 server alone, drives it with the benchmark client, samples its front-end process with
-``py-spy`` (``pip install py-spy``), and reports CPU seconds per 1000 output tokens for the
+``py-spy`` (in the ``bench`` extra), and reports CPU seconds per 1000 output tokens for the
 front-end and the engine processes, and the share of samples by package.
 
     python -m benchmarks.profile --server runtime --model-dir .models/smollm2 \\

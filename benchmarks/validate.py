@@ -42,15 +42,17 @@ COMPARED = ("output_throughput", "median_ttft_ms")
 
 
 def start_theirs(a: argparse.Namespace, url: str, seed: int, concurrency: int, warmups: int,
-                 out: Path) -> subprocess.Popen[bytes]:
-    """vLLM's harness in a subprocess (``benchmarks.baseline``), its result into ``out``."""
+                 out: Path, prompts_jsonl: Path | None) -> subprocess.Popen[bytes]:
+    """vLLM's harness in a subprocess (``benchmarks.baseline``), its result into ``out``;
+    with ``prompts_jsonl`` it sends exactly those prompts, else its own random dataset."""
     from benchmarks.baseline import harness_flags
 
     flags = harness_flags(base_url=url, model=a.served_model_name, tokenizer=a.model_dir,
                           backend="openai-chat", endpoint="/v1/chat/completions",
                           concurrency=concurrency, num_prompts=a.num_prompts,
                           input_len=a.input_len, output_len=a.output_len, seed=seed,
-                          warmups=warmups)
+                          warmups=warmups,
+                          prompts_jsonl=str(prompts_jsonl) if prompts_jsonl else None)
     log = out.with_suffix(".log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "benchmarks.baseline", str(out), "--",
                              *flags], env=server_env(), stdout=log, stderr=subprocess.STDOUT)
@@ -69,14 +71,17 @@ def finish_theirs(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
 def ours(a: argparse.Namespace, url: str, prompts: list[Prompt], tokenizer: Any,
          concurrency: int, warmups: int) -> dict[str, Any]:
     """One round of this client with the same workload (closed loop at ``concurrency``);
-    the last ``warmups`` prompts warm up."""
+    the last ``warmups`` prompts warm up. The point's summary, with every request's TTFT
+    (seconds) under ``ttfts`` as vLLM's harness reports them."""
     load = Load(concurrency=concurrency)
     plan = RunPlan(apis=["openai-chat"], loads=[load], warmup=warmups, cooldown_s=0.0)
     n = len(prompts) - warmups
     res = run([Target("vllm", url, a.served_model_name)],
               {("openai-chat", load.label, 0): prompts[:n]}, prompts[n:], plan, tokenizer,
               progress=False)
-    return res.points[0]
+    point = dict(res.points[0])
+    point["ttfts"] = [r.ttft for r in res.records if r.success]
+    return point
 
 
 def wait_for_requests(url: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
@@ -94,6 +99,12 @@ def wait_for_requests(url: str, proc: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError("vLLM's harness never started sending")
 
 
+def write_prompts(prompts: list[Prompt], path: Path) -> Path:
+    """The prompts as vLLM's ``custom`` dataset reads them (one ``{"prompt": ...}`` a line)."""
+    path.write_text("".join(json.dumps({"prompt": p.text}) + "\n" for p in prompts))
+    return path
+
+
 def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
               ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ours, vLLM's) for round ``r`` in the chosen mode."""
@@ -103,17 +114,49 @@ def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
     # Built before vLLM's harness starts, so that this client starts sending at once.
     prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
                              seed=1000 + r)
+    n = a.num_prompts
+    # The harness warms up with its first prompt (vLLM's rule); this client with its last
+    # ``warmups``; both measure the same ``n`` prompts in the same order.
+    jsonl = write_prompts(prompts[:n], tmp / f"prompts-{r}.jsonl") \
+        if a.prompts == "same" else None
     if together:
         half = max(1, a.concurrency // 2)
-        proc = start_theirs(a, url, r, half, 0, out)
+        proc = start_theirs(a, url, r, half, 0, out, jsonl)
         wait_for_requests(url, proc)
         mine = ours(a, url, prompts, tokenizer, half, 0)
         return mine, finish_theirs(proc, out)
     if r % 2:  # turns: A B, then B A
         mine = ours(a, url, prompts, tokenizer, a.concurrency, warmups)
-        return mine, finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out), out)
-    vllm = finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out), out)
+        return mine, finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out, jsonl),
+                                   out)
+    vllm = finish_theirs(start_theirs(a, url, r, a.concurrency, warmups, out, jsonl), out)
     return ours(a, url, prompts, tokenizer, a.concurrency, warmups), vllm
+
+
+def plot_ttft_cdfs(mine: list[dict[str, Any]], vllm: list[dict[str, Any]], path: Path) -> None:
+    """Both harnesses' TTFT distributions, round by round: agreement (or not) at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, (m, v) in enumerate(zip(mine, vllm, strict=True)):
+        for label, ttfts, style in (("this client", m["ttfts"], "-"),
+                                    ("vLLM harness", v.get("ttfts") or [], "--")):
+            xs = sorted(t * 1000 for t in ttfts)
+            if xs:
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax.step(xs, ys, style, where="post", color=f"C{r}",
+                        label=f"round {r}: {label}")
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xlabel("TTFT (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT, this client vs vLLM's harness (same server, same prompts)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def agreement(mine: list[dict[str, Any]], vllm: list[dict[str, Any]],
@@ -142,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="turns of each harness")
     p.add_argument("--tolerance", type=float, default=0.10)
     p.add_argument("--mode", choices=("together", "turns"), default="together")
+    p.add_argument("--prompts", choices=("same", "own"), default="same",
+                   help="same: vLLM's harness sends this client's prompts (its custom "
+                        "dataset); own: each harness builds its own random prompts")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -150,8 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # No prefix caching: with --prompts same, the harness that goes second would
+        # otherwise find every prompt cached and report a shorter TTFT for that alone.
         server = vllm_server(str(Path(a.model_dir).resolve()), a.served_model_name,
-                             ["--dtype=float32", "--enforce-eager", "--max-model-len=2048"],
+                             ["--dtype=float32", "--enforce-eager", "--max-model-len=2048",
+                              "--no-enable-prefix-caching"],
                              port, a.out / "logs")
         server.start()
     url = a.url or server.url  # type: ignore[union-attr]
@@ -173,13 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.stop()
     result = agreement(mine, vllm, a.tolerance)
+    plot_ttft_cdfs(mine, vllm, a.out / "ttft_cdf.png")
     keep = ("output_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
             "p99_ttft_ms", "total_input_tokens", "total_output_tokens", "completed", "failed",
             "duration", "duration_s")
     (a.out / "validate.json").write_text(json.dumps({
         "settings": {k: str(v) for k, v in vars(a).items()}, "agreement": result,
         "ours": [{k: x.get(k) for k in keep} for x in mine],
-        "vllm": [{k: x.get(k) for k in keep} for x in vllm]}, indent=2))
+        "vllm": [{k: x.get(k) for k in keep} for x in vllm],
+        "ttfts_s": {"ours": [x["ttfts"] for x in mine],
+                    "vllm": [x.get("ttfts") for x in vllm]}}, indent=2))
     for m in COMPARED:
         r = result[m]
         print(f"{m}: this client {r['ours']:.2f}, vLLM harness {r['vllm']:.2f}, "
