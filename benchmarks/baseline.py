@@ -29,8 +29,8 @@ def harness_flags(*, base_url: str, model: str, tokenizer: str, backend: str, en
                   concurrency: int, num_prompts: int, input_len: int, output_len: int,
                   seed: int, warmups: int, prompts_jsonl: str | None = None) -> list[str]:
     """vLLM harness flags for the workload this package calls ``--dataset random``, or, with
-    ``prompts_jsonl``, for exactly the prompts in that file, in its order (vLLM's ``custom``
-    dataset, ``{"prompt": ...}`` per line, sent as the user message without a client-side
+    ``prompts_jsonl``, for exactly the prompts and output lengths in that file, in its order
+    (vLLM's ``custom`` dataset, ``{"prompt": ..., "output_tokens": N}`` per line, sent as the user message without a client-side
     chat template, as this client sends them). Per-request results are kept
     (``--save-detailed``) so that distributions, not only summaries, can be compared."""
     if prompts_jsonl is None:
@@ -38,7 +38,7 @@ def harness_flags(*, base_url: str, model: str, tokenizer: str, backend: str, en
                    "--random-output-len", str(output_len), "--random-range-ratio", "0"]
     else:
         dataset = ["--dataset-name", "custom", "--dataset-path", prompts_jsonl,
-                   "--custom-output-len", str(output_len), "--skip-chat-template",
+                   "--custom-output-len", "-1", "--skip-chat-template",
                    "--disable-shuffle"]
     return ["--backend", backend, "--base-url", base_url, "--endpoint", endpoint,
             "--model", model, "--tokenizer", tokenizer, *dataset,

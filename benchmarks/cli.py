@@ -54,6 +54,10 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
     w.add_argument("--dataset-path", default=None)
     w.add_argument("--input-len", type=int, default=128, help="random prompts: tokens in")
     w.add_argument("--output-len", type=int, default=64, help="tokens out (max_tokens)")
+    w.add_argument("--random-range-ratio", type=float, default=0.0,
+                   help="random prompts: input and output lengths uniform in len * [1-r, 1+r] "
+                        "(vLLM's flag); > 0 keeps closed-loop requests from ending in "
+                        "lockstep, which makes TTFT medians stable")
     w.add_argument("--temperature", type=float, default=0.0)
     w.add_argument("--no-ignore-eos", action="store_true",
                    help="let requests stop at EOS (default: always produce --output-len)")
@@ -110,7 +114,7 @@ def prompt_sets(args: argparse.Namespace, plan: RunPlan, tokenizer: Any
         total = sum(per_load[k[1]] for k in keys)
         everything = build_prompts("random", tokenizer, num=total + plan.warmup,
                                    input_len=args.input_len, output_len=args.output_len,
-                                   seed=args.seed)
+                                   seed=args.seed, range_ratio=args.random_range_ratio)
         sets, at = {}, 0
         for k in keys:
             sets[k], at = everything[at:at + per_load[k[1]]], at + per_load[k[1]]
@@ -142,6 +146,7 @@ def config_dict(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
             "num_prompts": args.num_prompts, "repeats": plan.repeats, "warmup": plan.warmup,
             "seed": plan.seed, "dataset": args.dataset, "dataset_path": args.dataset_path,
             "input_len": args.input_len, "output_len": args.output_len,
+            "random_range_ratio": args.random_range_ratio,
             "temperature": plan.sampling.temperature, "ignore_eos": plan.sampling.ignore_eos,
             "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms,
             "cooldown_s": plan.cooldown_s}

@@ -99,7 +99,9 @@ def summary_markdown(run: dict[str, Any]) -> str:
            f"- APIs: {', '.join(cfg['apis'])}; loads: {', '.join(cfg['loads'])}; "
            f"prompts per point: {cfg['num_prompts']}; repeats: {cfg['repeats']}; "
            f"seed: {cfg['seed']}; dataset: {cfg['dataset']} (input {cfg['input_len']} / "
-           f"output {cfg['output_len']} tokens)",
+           f"output {cfg['output_len']} tokens"
+           + (f", range ratio {cfg['random_range_ratio']:g}"
+              if cfg.get("random_range_ratio") else "") + ")",
            f"- Machine: {run['environment']['cpus']} CPUs, load average at start "
            f"{run['environment']['loadavg']}; versions {run['environment']['versions']}", ""]
     servers = run.get("servers") or {}

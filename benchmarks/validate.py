@@ -21,7 +21,9 @@ are believed, its output-token throughput and median TTFT must agree with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import random
 import socket
 import statistics
 import subprocess
@@ -99,9 +101,25 @@ def wait_for_requests(url: str, proc: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError("vLLM's harness never started sending")
 
 
+def spread_output_lens(prompts: list[Prompt], output_len: int, spread: float,
+                       seed: int) -> list[Prompt]:
+    """Output lengths drawn uniformly from ``output_len`` * [1 - spread, 1 + spread].
+
+    Why: with one output length, a closed loop's requests start and end in lockstep, every
+    TTFT is one of a few engine-step plateaus, and the median jumps between plateaus by
+    hundreds of milliseconds on which step the 50th percentile request landed in, for any
+    client. Staggered ends make arrivals (and TTFTs) continuous, so medians can be compared.
+    """
+    rng = random.Random(seed)
+    lo, hi = max(1, round(output_len * (1 - spread))), max(1, round(output_len * (1 + spread)))
+    return [dataclasses.replace(p, output_len=rng.randint(lo, hi)) for p in prompts]
+
+
 def write_prompts(prompts: list[Prompt], path: Path) -> Path:
-    """The prompts as vLLM's ``custom`` dataset reads them (one ``{"prompt": ...}`` a line)."""
-    path.write_text("".join(json.dumps({"prompt": p.text}) + "\n" for p in prompts))
+    """The prompts as vLLM's ``custom`` dataset reads them: ``{"prompt", "output_tokens"}``
+    a line (the harness runs with ``--custom-output-len -1`` to take each line's length)."""
+    path.write_text("".join(json.dumps({"prompt": p.text, "output_tokens": p.output_len})
+                            + "\n" for p in prompts))
     return path
 
 
@@ -114,6 +132,8 @@ def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
     # Built before vLLM's harness starts, so that this client starts sending at once.
     prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
                              seed=1000 + r)
+    if a.prompts == "same" and a.output_spread > 0:
+        prompts = spread_output_lens(prompts, a.output_len, a.output_spread, seed=2000 + r)
     n = a.num_prompts
     # The harness warms up with its first prompt (vLLM's rule); this client with its last
     # ``warmups``; both measure the same ``n`` prompts in the same order.
@@ -178,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--served-model-name", default="smollm2")
     p.add_argument("--url", default=None, help="a running plain vLLM; else one is started")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--num-prompts", type=int, default=128)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2)
@@ -188,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", choices=("same", "own"), default="same",
                    help="same: vLLM's harness sends this client's prompts (its custom "
                         "dataset); own: each harness builds its own random prompts")
+    p.add_argument("--output-spread", type=float, default=0.5,
+                   help="with --prompts same: output lengths uniform in output-len * "
+                        "[1-x, 1+x], so that requests do not end in lockstep (0: all equal)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -52,27 +52,40 @@ def _word_pool(tokenizer: Any) -> list[int]:
 
 
 def random_prompts(
-    tokenizer: Any, num: int, input_len: int, output_len: int, seed: int
+    tokenizer: Any, num: int, input_len: int, output_len: int, seed: int,
+    range_ratio: float = 0.0,
 ) -> list[Prompt]:
-    """``num`` prompts of exactly ``input_len`` tokens each, reproducible from ``seed``."""
+    """``num`` prompts, reproducible from ``seed``, of exactly ``input_len`` tokens each, or
+    with ``range_ratio`` r > 0 (vLLM's ``--random-range-ratio``), input and output lengths
+    drawn uniformly from len * [1 - r, 1 + r]: requests then end at different times instead
+    of in lockstep, so TTFTs are not a few engine-step plateaus."""
     if input_len < 1 or output_len < 1:
         raise ValueError("input and output lengths must be positive")
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError("range ratio must be in [0, 1)")
     rng = random.Random(seed)
     pool = _word_pool(tokenizer)
     # The prompt's first word loses its leading space: it must be one token without it too.
     firsts = [t for t in pool
               if len(tokenizer.encode(tokenizer.decode([t]).lstrip(),
                                       add_special_tokens=False)) == 1]
+
+    def length(n: int) -> int:
+        if not range_ratio:
+            return n
+        return rng.randint(max(1, round(n * (1 - range_ratio))), round(n * (1 + range_ratio)))
+
     prompts = []
     for _ in range(num):
+        n_in, n_out = length(input_len), length(output_len)
         for _attempt in range(20):
-            ids = [rng.choice(firsts)] + [rng.choice(pool) for _ in range(input_len - 1)]
+            ids = [rng.choice(firsts)] + [rng.choice(pool) for _ in range(n_in - 1)]
             text = tokenizer.decode(ids).lstrip()
-            if count_tokens(tokenizer, text) == input_len:
+            if count_tokens(tokenizer, text) == n_in:
                 break
         else:
-            raise RuntimeError(f"could not build a prompt of exactly {input_len} tokens")
-        prompts.append(Prompt(text, input_len, output_len))
+            raise RuntimeError(f"could not build a prompt of exactly {n_in} tokens")
+        prompts.append(Prompt(text, n_in, n_out))
     return prompts
 
 
@@ -129,11 +142,11 @@ def _sample(
 
 def build_prompts(
     dataset: str, tokenizer: Any, *, num: int, input_len: int, output_len: int, seed: int,
-    path: str | None = None,
+    path: str | None = None, range_ratio: float = 0.0,
 ) -> list[Prompt]:
     """The prompt list for ``--dataset random|jsonl|sharegpt``."""
     if dataset == "random":
-        return random_prompts(tokenizer, num, input_len, output_len, seed)
+        return random_prompts(tokenizer, num, input_len, output_len, seed, range_ratio)
     if path is None:
         raise ValueError(f"--dataset {dataset} needs --dataset-path")
     if dataset == "jsonl":

@@ -180,6 +180,17 @@ def test_random_prompts_exact_and_reproducible(tokenizer) -> None:  # type: igno
     assert a != random_prompts(tokenizer, 6, 100, 7, seed=4)
 
 
+def test_random_range_ratio_spreads_lengths(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    got = random_prompts(tokenizer, 40, 100, 60, seed=5, range_ratio=0.5)
+    ins = [count_tokens(tokenizer, p.text) for p in got]
+    assert ins == [p.input_tokens for p in got]  # each prompt exactly its drawn length
+    assert all(50 <= n <= 150 for n in ins) and len(set(ins)) > 10
+    outs = [p.output_len for p in got]
+    assert all(30 <= n <= 90 for n in outs) and len(set(outs)) > 10
+    with pytest.raises(ValueError):
+        random_prompts(tokenizer, 1, 10, 10, seed=0, range_ratio=1.0)
+
+
 def test_jsonl_and_sharegpt(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"prompt": "What is the capital of France?"}\n'
