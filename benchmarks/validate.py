@@ -3,16 +3,19 @@
 Why: ``python -m benchmarks`` re-implements the measuring (its own async client, its own
 prompt builder) so that it can drive v2 routes and two servers at once; before its numbers
 are believed, its output-token throughput and median TTFT must agree with
-``vllm.benchmarks.serve`` within 10% on the OpenAI chat path. Two designs, on one plain vLLM server:
+``vllm.benchmarks.serve`` within 10% on the OpenAI chat path. Both harnesses send the same
+prompts and output lengths (``--prompts same``: vLLM's ``custom`` dataset), on one plain vLLM
+server started without prefix caching. Two designs:
 
-- ``--mode turns``: the harnesses take turns (A, B, B, A, ...), each with the whole load, so
-  drift from other load on the machine hits both; the means over rounds are compared. On a
-  shared 2-core machine the server's speed drifts by tens of percent within a minute, so
-  this design measures the machine as much as the clients.
-- ``--mode together`` (default): both harnesses run at the same time, each with half the
-  concurrency, so their requests share the same engine steps; any difference left is the
-  clients' measuring. vLLM's harness is started first and ours starts the moment the
-  server's ``vllm:num_requests_running`` turns positive.
+- ``--mode turns`` (default): the harnesses take turns (A, B, B, A, ...), each with the
+  whole load; the means over rounds are compared. On a busy machine the server's speed
+  drifts between turns, so run it on a quiet one.
+- ``--mode together``: both at the same time, half the concurrency each, so their requests
+  share engine steps; vLLM's harness starts first and this client when the server's
+  ``vllm:num_requests_running`` turns positive, so its first wave queues behind the other's.
+
+Output lengths are spread (``--output-spread``) because with one length the TTFT median of a
+closed loop jumps between engine-step plateaus, whatever the client (docs/benchmarks.md).
 
     python -m benchmarks.validate --model-dir .models/smollm2 --out /tmp/validate
     python -m benchmarks.validate --url http://127.0.0.1:8000 --model-dir ... --out ...
@@ -196,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", required=True, help="model folder (tokenizer; weights)")
     p.add_argument("--served-model-name", default="smollm2")
-    p.add_argument("--url", default=None, help="a running plain vLLM; else one is started")
+    p.add_argument("--url", default=None,
+                   help="a running plain vLLM (started with --no-enable-prefix-caching, or "
+                        "the harness that goes second hits the cache); else one is started")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--num-prompts", type=int, default=128)
     p.add_argument("--input-len", type=int, default=128)
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2, help="turns of each harness")
     p.add_argument("--tolerance", type=float, default=0.10)
-    p.add_argument("--mode", choices=("together", "turns"), default="together")
+    p.add_argument("--mode", choices=("together", "turns"), default="turns")
     p.add_argument("--prompts", choices=("same", "own"), default="same",
                    help="same: vLLM's harness sends this client's prompts (its custom "
                         "dataset); own: each harness builds its own random prompts")
