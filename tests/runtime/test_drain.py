@@ -13,7 +13,7 @@ import httpx
 from tests.support.server import start_runtime
 
 STREAMS = 16
-MAX_TOKENS = 64
+MAX_TOKENS = 128  # long enough that no stream can finish before the last one starts
 
 
 def _stream(url: str, results: list, i: int, started: threading.Event) -> None:

@@ -20,13 +20,13 @@ def _in_flight_requests(url: str, results: dict) -> list[threading.Thread]:
     """Long requests on each HTTP protocol, running when the engine dies."""
 
     def stream() -> None:
-        events = []
+        events = results["generate_stream"] = []  # filled as events arrive
         with httpx.stream("POST", url + "/v2/models/smollm2/generate_stream", timeout=60,
                           json={"text_input": "Tell me a story", "parameters": LONG}) as r:
+            results["generate_stream_status"] = r.status_code
             for line in r.iter_lines():
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
-        results["generate_stream"] = events
 
     def post(name: str, path: str, body: dict) -> None:
         results[name] = httpx.post(url + path, json=body, timeout=60)
@@ -57,9 +57,20 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         assert engine, "no engine process found"
         results: dict = {}
         threads = _in_flight_requests(url, results)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and "kserve_llm_engine_requests_in_flight{model=\"smollm2\"} 4.0" not in httpx.get(url + "/metrics").text:
+        # Kill only once all four run and the stream has sent output, so that the stream's
+        # case is the mid-stream one (an error event after a 200).
+        deadline = time.monotonic() + 60
+        running = ""
+        while time.monotonic() < deadline:
+            running = httpx.get(url + "/metrics").text
+            if ('kserve_llm_engine_requests_in_flight{model="smollm2"} 4.0' in running
+                    and results.get("generate_stream")):
+                break
             time.sleep(0.1)
+        else:
+            lines = [x for x in running.splitlines() if "in_flight{" in x]
+            raise AssertionError(f"the four requests never ran together: {lines}, "
+                                 f"{ {k: v for k, v in results.items()} }")
         for p in engine:
             os.kill(p.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -76,6 +87,7 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         for t in threads:
             t.join(30)
             assert not t.is_alive(), "a request hung after the engine died"
+        assert results["generate_stream_status"] == 200
         assert "error" in results["generate_stream"][-1], results["generate_stream"][-1:]
         for name in ("generate", "infer", "openai"):
             assert results[name].status_code >= 500, (name, results[name].text)
