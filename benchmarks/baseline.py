@@ -27,15 +27,18 @@ def run_vllm_harness(flags: list[str]) -> dict[str, Any]:
 
 def harness_flags(*, base_url: str, model: str, tokenizer: str, backend: str, endpoint: str,
                   concurrency: int, num_prompts: int, input_len: int, output_len: int,
-                  seed: int, warmups: int, prompts_jsonl: str | None = None) -> list[str]:
-    """vLLM harness flags for the workload this package calls ``--dataset random``, or, with
-    ``prompts_jsonl``, for exactly the prompts and output lengths in that file, in its order
-    (vLLM's ``custom`` dataset, ``{"prompt": ..., "output_tokens": N}`` per line, sent as the user message without a client-side
-    chat template, as this client sends them). Per-request results are kept
+                  seed: int, warmups: int, range_ratio: float = 0.0,
+                  prompts_jsonl: str | None = None) -> list[str]:
+    """vLLM harness flags for the workload this package calls ``--dataset random`` (with the
+    same ``--random-range-ratio``), or, with ``prompts_jsonl``, for exactly the prompts and
+    output lengths in that file, in its order (vLLM's ``custom`` dataset,
+    ``{"prompt": ..., "output_tokens": N}`` per line, sent as the user message without a
+    client-side chat template, as this client sends them). Per-request results are kept
     (``--save-detailed``) so that distributions, not only summaries, can be compared."""
     if prompts_jsonl is None:
         dataset = ["--dataset-name", "random", "--random-input-len", str(input_len),
-                   "--random-output-len", str(output_len), "--random-range-ratio", "0"]
+                   "--random-output-len", str(output_len),
+                   "--random-range-ratio", str(range_ratio)]
     else:
         dataset = ["--dataset-name", "custom", "--dataset-path", prompts_jsonl,
                    "--custom-output-len", "-1", "--skip-chat-template",

@@ -14,7 +14,7 @@ server started without prefix caching. Two designs:
   share engine steps; vLLM's harness starts first and this client when the server's
   ``vllm:num_requests_running`` turns positive, so its first wave queues behind the other's.
 
-Output lengths are spread (``--output-spread``) because with one length the TTFT median of a
+Lengths are spread (``--random-range-ratio``) because with one length the TTFT median of a
 closed loop jumps between engine-step plateaus, whatever the client (docs/benchmarks.md).
 
     python -m benchmarks.validate --model-dir .models/smollm2 --out /tmp/validate
@@ -24,9 +24,7 @@ closed loop jumps between engine-step plateaus, whatever the client (docs/benchm
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import random
 import socket
 import statistics
 import subprocess
@@ -56,7 +54,7 @@ def start_theirs(a: argparse.Namespace, url: str, seed: int, concurrency: int, w
                           backend="openai-chat", endpoint="/v1/chat/completions",
                           concurrency=concurrency, num_prompts=a.num_prompts,
                           input_len=a.input_len, output_len=a.output_len, seed=seed,
-                          warmups=warmups,
+                          warmups=warmups, range_ratio=a.random_range_ratio,
                           prompts_jsonl=str(prompts_jsonl) if prompts_jsonl else None)
     log = out.with_suffix(".log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "benchmarks.baseline", str(out), "--",
@@ -104,20 +102,6 @@ def wait_for_requests(url: str, proc: subprocess.Popen[bytes], timeout: float = 
     raise TimeoutError("vLLM's harness never started sending")
 
 
-def spread_output_lens(prompts: list[Prompt], output_len: int, spread: float,
-                       seed: int) -> list[Prompt]:
-    """Output lengths drawn uniformly from ``output_len`` * [1 - spread, 1 + spread].
-
-    Why: with one output length, a closed loop's requests start and end in lockstep, every
-    TTFT is one of a few engine-step plateaus, and the median jumps between plateaus by
-    hundreds of milliseconds on which step the 50th percentile request landed in, for any
-    client. Staggered ends make arrivals (and TTFTs) continuous, so medians can be compared.
-    """
-    rng = random.Random(seed)
-    lo, hi = max(1, round(output_len * (1 - spread))), max(1, round(output_len * (1 + spread)))
-    return [dataclasses.replace(p, output_len=rng.randint(lo, hi)) for p in prompts]
-
-
 def write_prompts(prompts: list[Prompt], path: Path) -> Path:
     """The prompts as vLLM's ``custom`` dataset reads them: ``{"prompt", "output_tokens"}``
     a line (the harness runs with ``--custom-output-len -1`` to take each line's length)."""
@@ -134,9 +118,7 @@ def one_round(a: argparse.Namespace, url: str, r: int, tokenizer: Any, tmp: Path
     warmups = 0 if together else a.warmup
     # Built before vLLM's harness starts, so that this client starts sending at once.
     prompts = random_prompts(tokenizer, a.num_prompts + warmups, a.input_len, a.output_len,
-                             seed=1000 + r)
-    if a.prompts == "same" and a.output_spread > 0:
-        prompts = spread_output_lens(prompts, a.output_len, a.output_spread, seed=2000 + r)
+                             seed=1000 + r, range_ratio=a.random_range_ratio)
     n = a.num_prompts
     # The harness warms up with its first prompt (vLLM's rule); this client with its last
     # ``warmups``; both measure the same ``n`` prompts in the same order.
@@ -213,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", choices=("same", "own"), default="same",
                    help="same: vLLM's harness sends this client's prompts (its custom "
                         "dataset); own: each harness builds its own random prompts")
-    p.add_argument("--output-spread", type=float, default=0.5,
-                   help="with --prompts same: output lengths uniform in output-len * "
-                        "[1-x, 1+x], so that requests do not end in lockstep (0: all equal)")
+    p.add_argument("--random-range-ratio", type=float, default=0.5,
+                   help="input and output lengths uniform in len * [1-r, 1+r] (vLLM's flag, "
+                        "given to both harnesses), so requests do not end in lockstep")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)

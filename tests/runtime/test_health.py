@@ -70,7 +70,7 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         else:
             lines = [x for x in running.splitlines() if "in_flight{" in x]
             raise AssertionError(f"the four requests never ran together: {lines}, "
-                                 f"{ {k: v for k, v in results.items()} }")
+                                 f"{results}")
         for p in engine:
             os.kill(p.pid, signal.SIGKILL)
         killed = time.monotonic()
