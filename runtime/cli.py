@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import SecretStr
+
 from runtime.limits import Limits
 from runtime.settings import RuntimeSettings
 
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable_grpc", type=_bool, default=True, help="serve gRPC v2 (KServe)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers; must be 1 (KServe)")
     p.add_argument("--max_threads", type=int, default=4, help="gRPC threads (KServe)")
-    p.add_argument("--enable_docs_url", type=_bool, default=False, help="/docs (KServe)")
+    p.add_argument("--enable_docs_url", type=_bool, default=False,
+                   help="accepted for KServe compatibility; no /docs route is served")
     p.add_argument("--enable_latency_logging", type=_bool, default=False,
                    help="a log line per v2 request with latencies (KServe)")
     p.add_argument("--configure_logging", type=_bool, default=True, help="(KServe)")
@@ -74,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between engine health checks")
     p.add_argument("--api_key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but health and "
-                        "metrics (gRPC: 'authorization' metadata). Also read from $API_KEY. "
-                        "vLLM's --api-key is this flag.")
+                        "metrics (gRPC: 'authorization' metadata, every RPC but the health "
+                        "ones). Also read from $API_KEY. vLLM's --api-key is this flag.")
+    p.add_argument("--api_key_file", default=None,
+                   help="read the key from this file (a mounted Kubernetes Secret); a changed "
+                        "file takes effect without a restart")
+    p.add_argument("--enable_operator_routes", type=_bool, default=False,
+                   help="serve vLLM's operator routes under /openai (LoRA load/unload, "
+                        "sleep/wake, elastic scaling, profiling); requires an API key")
     p.add_argument("--protect_metrics", type=_bool, default=False,
                    help="require the API key on /metrics too")
     p.add_argument("--max_waiting_requests", type=int, default=None,
@@ -86,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "requests get this many seconds to finish (fits Kubernetes' 30 s grace)")
     p.add_argument("--max_batch_size", type=int, default=256, help="v2 prompts per request")
     p.add_argument("--max_n", type=int, default=16, help="largest OpenAI n")
-    p.add_argument("--max_tokens_limit", type=int, default=None, help="largest max_tokens")
+    p.add_argument("--max_tokens_limit", type=int, default=None,
+                   help="largest max_tokens a request may ask for (default: the context)")
+    p.add_argument("--default_max_tokens", type=int, default=None,
+                   help="max_tokens of a request that gives none (default: --max_tokens_limit "
+                        "when set, else up to the context)")
     p.add_argument("--max_stop_sequences", type=int, default=32, help="most stop sequences")
     p.add_argument("--help-engine", action="store_true", help="list vLLM's engine arguments")
     return p
@@ -98,6 +111,10 @@ def _bool(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return SecretStr(value) if value else None
 
 
 def _normalise(argv: Sequence[str], own: set[str]) -> list[str]:
@@ -139,6 +156,8 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
 
         print(engine_help())
         raise SystemExit(0)
+    if args.api_key and args.api_key_file:
+        parser.error("--api_key and --api_key_file are mutually exclusive")
     if args.workers != 1:
         parser.error("--workers must be 1: the vLLM engine lives in the server process")
     for flag in IGNORED_VLLM_FLAGS:
@@ -162,7 +181,6 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         grpc_port=args.grpc_port,
         enable_grpc=args.enable_grpc,
         max_threads=args.max_threads,
-        enable_docs_url=args.enable_docs_url,
         enable_latency_logging=args.enable_latency_logging,
         access_log_format=args.access_log_format,
         event_loop=args.event_loop,
@@ -173,11 +191,14 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         engine_argv=engine_argv,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
-        api_key=args.api_key or os.environ.get("API_KEY") or None,
+        api_key=_secret(args.api_key or (None if args.api_key_file else os.environ.get("API_KEY"))),
+        api_key_file=args.api_key_file,
+        enable_operator_routes=args.enable_operator_routes,
         protect_metrics=args.protect_metrics,
         max_waiting_requests=args.max_waiting_requests,
         drain_timeout=args.drain_timeout,
         limits=Limits(max_batch_size=args.max_batch_size, max_n=args.max_n,
                       max_tokens=args.max_tokens_limit,
-                      max_stop_sequences=args.max_stop_sequences),
+                      max_stop_sequences=args.max_stop_sequences,
+                      default_max_tokens=args.default_max_tokens),
     )

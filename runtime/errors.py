@@ -14,7 +14,7 @@ from http import HTTPStatus
 class ServingError(Exception):
     """Base of every error the runtime reports to a client."""
 
-    http_status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    http_status: int = HTTPStatus.INTERNAL_SERVER_ERROR.value
     grpc_code: str = "INTERNAL"  # a grpc.StatusCode member name; no grpc import needed here
 
     def __init__(self, message: str) -> None:
@@ -28,14 +28,14 @@ class ServingError(Exception):
 class ClientError(ServingError):
     """The request is malformed or out of range (400 / INVALID_ARGUMENT)."""
 
-    http_status = HTTPStatus.BAD_REQUEST
+    http_status = HTTPStatus.BAD_REQUEST.value
     grpc_code = "INVALID_ARGUMENT"
 
 
 class ModelNotFoundError(ClientError):
     """The request names a model this server does not serve (404 / NOT_FOUND)."""
 
-    http_status = HTTPStatus.NOT_FOUND
+    http_status = HTTPStatus.NOT_FOUND.value
     grpc_code = "NOT_FOUND"
 
     def __init__(self, name: str) -> None:
@@ -45,21 +45,21 @@ class ModelNotFoundError(ClientError):
 class PayloadTooLargeError(ClientError):
     """The request body exceeds the configured limit (413 / RESOURCE_EXHAUSTED)."""
 
-    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE.value
     grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class UnauthorizedError(ClientError):
     """Missing or wrong API key (401 / UNAUTHENTICATED)."""
 
-    http_status = HTTPStatus.UNAUTHORIZED
+    http_status = HTTPStatus.UNAUTHORIZED.value
     grpc_code = "UNAUTHENTICATED"
 
 
 class OverloadedError(ClientError):
     """Too many requests are waiting for the engine (429 / RESOURCE_EXHAUSTED); retry later."""
 
-    http_status = HTTPStatus.TOO_MANY_REQUESTS
+    http_status = HTTPStatus.TOO_MANY_REQUESTS.value
     grpc_code = "RESOURCE_EXHAUSTED"
     retry_after = 1
 
@@ -67,7 +67,7 @@ class OverloadedError(ClientError):
 class ForbiddenError(ClientError):
     """The operation is not allowed on this server (403 / PERMISSION_DENIED)."""
 
-    http_status = HTTPStatus.FORBIDDEN
+    http_status = HTTPStatus.FORBIDDEN.value
     grpc_code = "PERMISSION_DENIED"
 
 
@@ -78,7 +78,7 @@ class ServerError(ServingError):
 class EngineUnavailableError(ServerError):
     """The engine is loading, draining or dead (503 / UNAVAILABLE)."""
 
-    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE.value
     grpc_code = "UNAVAILABLE"
     retry_after = 5
 

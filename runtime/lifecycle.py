@@ -1,6 +1,6 @@
 """The predictor's lifecycle as one explicit state, read by every health route.
 
-Why: KServe's own DataPlane answers "ready" whatever the engine's state (FACTS.md), and
+Why: KServe's own DataPlane answers "ready" whatever the engine's state (docs/platform-notes.md), and
 huggingfaceserver stays green after its engine dies (kserve#6259). Here readiness and liveness
 are functions of one state machine: LOADING -> READY -> DRAINING -> STOPPED, or DEAD from any
 state when the engine fails.

@@ -1,12 +1,15 @@
-"""Configurable request limits, checked the same way on every protocol.
+"""Configurable request limits, checked on validated values the same way on every protocol.
 
 Why: vLLM bounds prompts by ``--max-model-len`` but accepts any batch size, ``n`` or number of
-stop sequences; one client can then occupy the engine. These limits give a clear 400 instead.
-The body size limit lives in the HTTP middleware (it must act before a body is parsed).
+stop sequences; one client can then occupy the engine. The limits act on what the engine
+adapter read from a request *after* validation (``Work``), so ``"n": "17"`` or ``17.0`` (which
+vLLM coerces to 17) is bounded like ``17``. The body size limit lives in the HTTP gate (it must
+act before a body is parsed).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,26 +24,43 @@ class Limits(BaseModel):
     max_n: int | None = 16
     max_tokens: int | None = None
     max_stop_sequences: int | None = 32
+    # Applied when a client gives no max_tokens (chat then means "up to the context").
+    # None: --max_tokens_limit when set, else the context.
+    default_max_tokens: int | None = None
+
+    def token_cap(self) -> int | None:
+        """The max_tokens a request that omits it gets (None: vLLM's own default)."""
+        return self.default_max_tokens if self.default_max_tokens is not None else self.max_tokens
 
 
-def check(limits: Limits, params: dict[str, Any], prompts: int) -> None:
-    """Raise ``ClientError`` when a request exceeds a limit. Values of the wrong type are left
-    to the engine's own validation, which reports them precisely."""
-    if limits.max_batch_size is not None and prompts > limits.max_batch_size:
-        raise ClientError(f"batch of {prompts} prompts exceeds the limit of "
+@dataclass(frozen=True)
+class Work:
+    """What one validated request asks of the engine: the numbers the limits bound."""
+
+    prompts: int = 1
+    n: int = 1
+    max_tokens: int | None = None  # None: not a generation request, or up to the context
+    stop_sequences: int = 0
+
+    @property
+    def engine_requests(self) -> int:
+        """Sequences the engine will run for this request (what admission counts)."""
+        return self.prompts * max(self.n, 1)
+
+
+def check(limits: Limits, work: Work) -> None:
+    """Raise ``ClientError`` (naming the flag) when a request exceeds a limit."""
+    if limits.max_batch_size is not None and work.prompts > limits.max_batch_size:
+        raise ClientError(f"batch of {work.prompts} prompts exceeds the limit of "
                           f"{limits.max_batch_size} (--max_batch_size)")
-    n = params.get("n")
-    if limits.max_n is not None and isinstance(n, int) and n > limits.max_n:
-        raise ClientError(f"n={n} exceeds the limit of {limits.max_n} (--max_n)")
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = params.get(key)
-        if limits.max_tokens is not None and isinstance(value, int) and value > limits.max_tokens:
-            raise ClientError(f"{key}={value} exceeds the limit of {limits.max_tokens} "
-                              "(--max_tokens_limit)")
-    stop = params.get("stop")
-    count = 1 if isinstance(stop, str) else len(stop) if isinstance(stop, list) else 0
-    if limits.max_stop_sequences is not None and count > limits.max_stop_sequences:
-        raise ClientError(f"{count} stop sequences exceed the limit of "
+    if limits.max_n is not None and work.n > limits.max_n:
+        raise ClientError(f"n={work.n} exceeds the limit of {limits.max_n} (--max_n)")
+    if (limits.max_tokens is not None and work.max_tokens is not None
+            and work.max_tokens > limits.max_tokens):
+        raise ClientError(f"max_tokens={work.max_tokens} exceeds the limit of "
+                          f"{limits.max_tokens} (--max_tokens_limit)")
+    if limits.max_stop_sequences is not None and work.stop_sequences > limits.max_stop_sequences:
+        raise ClientError(f"{work.stop_sequences} stop sequences exceed the limit of "
                           f"{limits.max_stop_sequences} (--max_stop_sequences)")
 
 
@@ -63,14 +83,3 @@ def check_text(value: Any, where: str = "request") -> None:
     elif isinstance(value, list | tuple):
         for v in value:
             check_text(v, where)
-
-
-def openai_work(body: Any) -> tuple[dict[str, Any], int, int]:
-    """(parameters, prompts, n) of an OpenAI completions/chat/embeddings body."""
-    if not isinstance(body, dict):
-        return {}, 1, 1
-    prompt = body.get("prompt", body.get("input"))
-    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(
-        prompt[0], int) else 1
-    n = body.get("n")
-    return body, prompts, n if isinstance(n, int) and n > 0 else 1

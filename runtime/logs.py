@@ -1,6 +1,6 @@
 """Request ids on every log line of the runtime, and on every response.
 
-Why: a 5xx is "logged with the request id" (DESIGN.md) and a user reporting a failure quotes
+Why: a 5xx is "logged with the request id" (docs/design.md) and a user reporting a failure quotes
 the ``x-request-id`` the response carried. The id comes from the client's ``x-request-id``
 header when it sends one, else it is generated; it travels in a context variable.
 """

@@ -2,7 +2,8 @@
 
 Why: vLLM's engine series (``vllm:*``) say what the engine did, not which protocol asked for it;
 KServe's huggingfaceserver reports no per-protocol token metrics (kserve#3983). These series are
-labelled by model and protocol (openai, v2-rest, v2-generate, v2-grpc). They live in
+labelled by model and protocol (openai, v2-rest, v2-generate, v2-grpc, v1-rest); the model
+label takes only served names (``runtime.pipeline`` maps anything else to one fixed value). They live in
 prometheus-client's default registry, which KServe's ``/metrics`` route already serves next to
 vLLM's.
 
@@ -16,15 +17,14 @@ import contextvars
 
 from prometheus_client import Counter, Histogram
 
-PROTOCOLS = ("openai", "v2-rest", "v2-generate", "v2-grpc")
-
 current_protocol: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_protocol", default="openai"
 )
 
 REQUESTS = Counter(
     "kserve_llm_requests",
-    "Requests answered, by protocol and outcome (success, client_error, server_error, aborted).",
+    "Inference requests answered, by protocol and outcome (success, client_error, rejected, "
+    "server_error, aborted).",
     ["model", "protocol", "outcome"],
 )
 TTFT = Histogram(
@@ -45,15 +45,6 @@ PROMPT_TOKENS = Counter(
 GENERATION_TOKENS = Counter(
     "kserve_llm_generation_tokens", "Tokens generated.", ["model", "protocol"]
 )
-
-
-def outcome_for_status(status: int) -> str:
-    """Classify an HTTP status into the ``outcome`` label."""
-    if status < 400:
-        return "success"
-    if status == 499:
-        return "aborted"
-    return "client_error" if status < 500 else "server_error"
 
 
 def count_request(model: str, protocol: str, outcome: str) -> None:

@@ -2,7 +2,8 @@
 
 Why here and not at import time: nothing is parsed, built or mounted until ``run`` is called,
 so tests and tools can import the package freely. Layering, MLServer style: transports
-(KServe's REST/gRPC servers, the generate router, the OpenAI gateway) -> one engine.
+(the HTTP gate in front of KServe's REST server and the runtime's routes; the gRPC server with
+its pipeline interceptor) -> one pipeline -> codecs -> one engine.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import signal
 from typing import Any
 
 from runtime.admission import Admission
-from runtime.engine.vllm_engine import VLLMEngine
+from runtime.auth import ApiKey, ApiKeyError
+from runtime.engine.base import Engine
 from runtime.lifecycle import Lifecycle, State
+from runtime.pipeline import Pipeline
 from runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class Supervisor:
     servers stop and the engine shuts down.
     """
 
-    def __init__(self, engine: VLLMEngine, lifecycle: Lifecycle, admission: Admission,
+    def __init__(self, engine: Any, lifecycle: Lifecycle, admission: Admission,
                  settings: RuntimeSettings, model_server: Any) -> None:
         self.engine = engine
         self.lifecycle = lifecycle
@@ -101,28 +104,60 @@ class Supervisor:
                 await self.engine.stop()
 
 
-def install_routes(app: Any, engine: VLLMEngine, lifecycle: Lifecycle, admission: Admission,
-                   settings: RuntimeSettings, served_names: list[str]) -> None:
-    """Add the runtime's middleware and routes to KServe's app. They are registered before
+def install_routes(app: Any, engine: Engine, pipeline: Pipeline,
+                   settings: RuntimeSettings) -> None:
+    """Add the runtime's front door and routes to KServe's app. They are registered before
     KServe's own (which KServe adds when its REST server starts), so where paths coincide,
-    ours answer."""
-    from starlette.routing import Mount, Route
-
-    from runtime.protocol import gate, generate, http_errors, metadata, openai
+    ours answer; the gate 404s every path outside ``runtime.routes``' table."""
+    from runtime.protocol import gate, generate, http_errors, metadata, openai, v1
 
     http_errors.install_error_handlers(app)
-    app.add_middleware(http_errors.BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(gate.Gate, lifecycle=lifecycle, admission=admission,
-                       api_key=settings.api_key, protect_metrics=settings.protect_metrics,
-                       model_name=settings.model_name)
-    app.include_router(generate.build_router(engine, lifecycle, served_names, admission,
-                                             settings.limits))
-    app.include_router(metadata.build_router(engine, served_names))
-    gateway = openai.OpenAIGateway(engine, lifecycle, settings.model_name, admission,
-                                   settings.limits)
-    app.router.routes.append(Mount("/openai", app=gateway))
-    for path in openai.UNPREFIXED_ROUTES:
-        app.router.routes.append(Route(path, endpoint=gateway, methods=["POST"]))
+    app.add_middleware(gate.Gate, pipeline=pipeline, max_request_bytes=settings.max_request_bytes)
+    app.include_router(openai.build_router(engine, pipeline))
+    app.include_router(generate.build_router(engine, pipeline))
+    app.include_router(v1.build_router(engine, pipeline))
+    app.include_router(metadata.build_router(engine, pipeline.served_names))
+    if settings.enable_operator_routes:
+        from starlette.routing import Mount
+
+        app.router.routes.append(Mount("/openai", app=OperatorRoutes(engine)))
+
+
+class OperatorRoutes:
+    """vLLM's own app, reached only for the operator paths the gate lets through
+    (``--enable_operator_routes``, with the key)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from runtime.errors import EngineUnavailableError
+        from runtime.protocol.http_errors import render
+
+        app = self.engine.openai_app
+        if app is None:
+            status, headers, body = render(EngineUnavailableError("engine loading"), "openai")
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+
+def build_pipeline(settings: RuntimeSettings, lifecycle: Lifecycle,
+                   admission: Admission) -> Pipeline:
+    """The pipeline every transport shares, from the settings."""
+    key = ApiKey.from_sources(
+        settings.api_key.get_secret_value() if settings.api_key else None,
+        settings.api_key_file)
+    if settings.enable_operator_routes and not key.enabled:
+        raise ApiKeyError("--enable_operator_routes requires an API key (--api_key, "
+                          "--api_key_file or $API_KEY)")
+    return Pipeline(lifecycle=lifecycle, admission=admission, api_key=key,
+                    request_limits=settings.limits,
+                    served_names=[settings.model_name, *settings.served_model_aliases],
+                    protect_metrics=settings.protect_metrics,
+                    operator_routes=settings.enable_operator_routes)
 
 
 def run(settings: RuntimeSettings) -> None:
@@ -130,23 +165,27 @@ def run(settings: RuntimeSettings) -> None:
     lifecycle = Lifecycle()
     admission = Admission(settings.model_name, capacity=256,
                           max_waiting=settings.max_waiting_requests)
+    pipeline = build_pipeline(settings, lifecycle, admission)
+    from runtime.engine.vllm_engine import VLLMEngine
+
     engine = VLLMEngine(settings, admission)  # parses engine arguments: bad flags fail first
 
-    # kserve is imported only now: it parses sys.argv at import time (FACTS.md).
+    # kserve is imported only now: it parses sys.argv at import time (docs/platform-notes.md).
     from kserve import ModelServer
     from kserve.model_server import app
 
     from runtime.dataplane import LockedRepositoryExtension, RuntimeDataPlane
     from runtime.model import LLMModel
+    from runtime.protocol.grpc_server import RuntimeGRPCServer
 
-    model = LLMModel(settings.model_name, engine, lifecycle, admission, settings)
+    model = LLMModel(settings.model_name, engine, lifecycle, pipeline)
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
         workers=1,
         max_threads=settings.max_threads,
-        enable_grpc=settings.enable_grpc,
-        enable_docs_url=settings.enable_docs_url,
+        enable_grpc=False,  # the runtime's own gRPC server, below
+        enable_docs_url=False,
         enable_latency_logging=settings.enable_latency_logging,
         access_log_format=settings.access_log_format,
         event_loop=settings.event_loop,
@@ -158,10 +197,15 @@ def run(settings: RuntimeSettings) -> None:
     server.dataplane = RuntimeDataPlane(server.registered_models, lifecycle)
     server.model_repository_extension = LockedRepositoryExtension(
         model_registry=server.registered_models)
-    names = [settings.model_name, *settings.served_model_aliases]
-    for name in names:
+    for name in pipeline.served_names:
         server.register_model(model, name)
-    install_routes(app, engine, lifecycle, admission, settings, names)
+    install_routes(app, engine, pipeline, settings)
+    if settings.enable_grpc:
+        grpc_server = RuntimeGRPCServer(
+            settings.grpc_port, server.dataplane, server.model_repository_extension, pipeline,
+            max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period)
+        server._grpc_server = grpc_server  # ModelServer.stop() stops it
+        server.servers.append(grpc_server.start(settings.max_threads))
 
     supervisor = Supervisor(engine, lifecycle, admission, settings, server)
     original_stop = model.stop
@@ -170,7 +214,7 @@ def run(settings: RuntimeSettings) -> None:
         supervisor.request_stop()
         original_stop()
 
-    model.stop = stop_model  # type: ignore[method-assign]
+    model.stop = stop_model
     # KServe's start() refuses a model that is not ready yet; ours becomes ready once the engine
     # has loaded, so it is registered above and its supervisor joins KServe's servers.
     server.servers.append(supervisor.run())

@@ -1,13 +1,13 @@
 """The predictor's settings, declared once and passed explicitly.
 
-Why: kserve reads ``sys.argv`` at import time and uses it as constructor defaults (FACTS.md);
+Why: kserve reads ``sys.argv`` at import time and uses it as constructor defaults (docs/platform-notes.md);
 this runtime instead parses the command line once (``runtime.cli``) into this object and hands
 it to every part that needs a setting.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from runtime.limits import Limits
 
@@ -15,13 +15,14 @@ from runtime.limits import Limits
 class RuntimeSettings(BaseModel):
     """Everything the runtime itself (not the vLLM engine) is configured with."""
 
+    model_config = ConfigDict(extra="forbid")
+
     model_name: str = Field(description="Name the model is served under (KServe's --model_name).")
     model_dir: str = Field(description="Folder holding the Hugging Face model (KServe's --model_dir).")
     http_port: int = 8080
     grpc_port: int = 8081
     enable_grpc: bool = True
     max_threads: int = 4
-    enable_docs_url: bool = False
     enable_latency_logging: bool = False
     access_log_format: str | None = None
     event_loop: str = "auto"
@@ -39,8 +40,13 @@ class RuntimeSettings(BaseModel):
     engine_argv: list[str] = Field(
         default_factory=list, description="vLLM engine arguments, passed through unchanged."
     )
-    api_key: str | None = Field(
+    api_key: SecretStr | None = Field(
         default=None, description="Bearer key required on every route but health (and metrics).")
+    api_key_file: str | None = Field(
+        default=None, description="File holding the key (a mounted Secret); re-read on change.")
+    enable_operator_routes: bool = Field(
+        default=False, description="Serve vLLM's operator routes (LoRA load/unload, sleep, "
+                                   "scaling, profiling) under /openai; requires a key.")
     protect_metrics: bool = False
     max_waiting_requests: int | None = Field(
         default=None, description="Engine requests allowed to wait beyond the running batch; "

@@ -1,32 +1,38 @@
-"""The engine interface the protocol adapters talk to, and the one internal request type.
+"""The engine interface the protocol adapters talk to, and the typed request they share.
 
-Why: every protocol (OpenAI, v2 REST, generate extension, gRPC) is translated into one
-``GenerationRequest`` and answered from one engine, so each sampling parameter has one meaning.
-In the style of Ray Serve LLM's engine boundary: adapters never see vLLM types.
+Why: every protocol (OpenAI, v2 REST, generate extension, KServe v1, gRPC) is validated once
+into the engine's own typed request objects and answered from one engine, so each sampling
+parameter has one meaning. In the style of Ray Serve LLM's engine boundary: the interface is
+typed on requests, the vLLM implementation sits behind it, and adapters import no vLLM.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
+
+from starlette.responses import Response
+
+from runtime.limits import Limits, Work
 
 
 @dataclass
-class GenerationRequest:
-    """B prompts with one set of sampling settings.
+class PreparedRequest:
+    """B prompts validated once into the engine's typed requests, with what they ask of it.
 
-    ``params`` uses the OpenAI completions names and meanings (``max_tokens``, ``temperature``,
-    ``top_p``, ``top_k``, ``stop``, ``seed``, ...); the engine validates them with the same code
-    that validates OpenAI requests. With ``chat`` set, each prompt is sent as one user message
-    through the model's chat template.
+    ``items`` are the engine's own request objects (for vLLM: its OpenAI ``CompletionRequest``,
+    one for the batch, or one ``ChatCompletionRequest`` per prompt when ``chat`` is set), built
+    from the protocol's prompts and parameters with the OpenAI completions names and meanings
+    (``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``, ...).
+    ``work`` is what the limits and admission read.
     """
 
-    prompts: list[str]
-    params: dict[str, Any] = field(default_factory=dict)
-    chat: bool = False
-    request_id: str | None = None
+    items: list[Any]
+    chat: bool
+    prompts: int
+    work: Work
 
 
 @dataclass
@@ -51,18 +57,50 @@ class Delta:
 
 
 class Engine(abc.ABC):
-    """What the protocol adapters need from an inference engine."""
+    """What the protocol adapters need from an inference engine.
+
+    v2, generate and KServe v1 go through ``prepare`` -> ``complete`` / ``stream``; OpenAI
+    goes through ``openai_parse`` -> ``openai_work`` -> ``openai_respond``. Either way a
+    request is validated once, into typed objects, before the pipeline's limits read it.
+    """
 
     model_name: str
 
     @abc.abstractmethod
-    async def complete(self, request: GenerationRequest) -> list[Completion]:
+    def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
+                limits: Limits) -> PreparedRequest:
+        """Validate prompts and sampling parameters into typed requests; ``ClientError`` on
+        bad input. A request without ``max_tokens`` gets ``limits.token_cap()``."""
+
+    @abc.abstractmethod
+    async def complete(self, request: PreparedRequest) -> list[Completion]:
         """Run every prompt concurrently to the end; raise ``ServingError`` on bad input."""
 
     @abc.abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
-        """Yield text as the engine produces it (one prompt). Bad input raises before the first
-        item; an engine failure raises mid-stream."""
+    async def stream(self, request: PreparedRequest) -> AsyncGenerator[Delta, None]:
+        """Submit one prompt and return its text as the engine produces it. Bad input raises
+        here, before the iterator exists; an engine failure raises from the iterator."""
+
+    @abc.abstractmethod
+    def openai_parse(self, kind: str, body: Any) -> Any:
+        """Validate an OpenAI body (``kind``: chat, completion, embedding, tokenize,
+        detokenize) into the engine's request object; ``ClientError`` on bad input."""
+
+    @abc.abstractmethod
+    def openai_model(self, request: Any) -> str | None:
+        """The model a parsed OpenAI request names (None: the default)."""
+
+    @abc.abstractmethod
+    def openai_work(self, kind: str, request: Any, limits: Limits) -> Work:
+        """What a parsed OpenAI request asks of the engine (applying the token cap)."""
+
+    @abc.abstractmethod
+    async def openai_respond(self, kind: str, request: Any, raw_request: Any) -> Response:
+        """Answer a parsed OpenAI request (JSON, or server-sent events when streamed)."""
+
+    @abc.abstractmethod
+    async def openai_models(self) -> Response:
+        """``GET /openai/v1/models``."""
 
     @abc.abstractmethod
     async def check_health(self) -> None:

@@ -15,17 +15,15 @@ import json
 import logging
 import types
 from argparse import Namespace
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import pydantic
+from starlette.responses import Response
 from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
 from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.exceptions import VLLMValidationError
 from vllm.platforms import current_platform
@@ -35,8 +33,10 @@ from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.admission import Admission
-from runtime.engine.base import Completion, Delta, Engine, GenerationRequest
+from runtime.engine import vllm_openai
+from runtime.engine.base import Completion, Delta, Engine, PreparedRequest
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
+from runtime.limits import Limits, Work
 from runtime.metrics import current_protocol, record_engine_request
 from runtime.settings import RuntimeSettings
 
@@ -82,7 +82,7 @@ def parse_engine_args(settings: RuntimeSettings) -> Namespace:
 
     KServe's ``--model_dir``/``--model_name`` become ``--model``/``--served-model-name``. On the
     CPU, ``--dtype`` defaults to float32 and ``--enforce-eager`` to on: bfloat16 in eager mode
-    produces garbage there (FACTS.md), and compiled mode costs a minute of start-up.
+    produces garbage there (docs/platform-notes.md), and compiled mode costs a minute of start-up.
     """
     argv = list(settings.engine_argv)
     names = [settings.model_name, *settings.served_model_aliases]
@@ -159,14 +159,6 @@ class InstrumentedEngineClient:
                 await close()  # aborts the engine request if the consumer stopped early
 
 
-def _validation_message(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"parameter '{loc}': {err.get('msg')}")
-    return "; ".join(parts) or str(exc)
-
-
 @contextlib.contextmanager
 def _client_errors() -> Any:
     """vLLM raises its validation errors (e.g. ``max_tokens`` < 1) from the serving code; its
@@ -205,13 +197,13 @@ class VLLMEngine(Engine):
         self.admission.capacity = int(raw.vllm_config.scheduler_config.max_num_seqs)
         tasks = await raw.get_supported_tasks()
         app = build_app(self.args, tasks, raw.model_config)
-        await init_app_state(self.client, app.state, self.args, tasks)  # type: ignore[arg-type]
+        await init_app_state(self.client, app.state, self.args, tasks)
         # vLLM's engine-error handler stops `app.state.server` when the engine dies; the mounted
         # app has none, and the runtime's supervisor owns that decision (health turns false).
         app.state.server = types.SimpleNamespace(should_exit=False)
         self.openai_app = app
         self.supported_tasks = tuple(tasks)
-        # What vLLM's own lifespan does, which does not run for a mounted app (FACTS.md).
+        # What vLLM's own lifespan does, which does not run for a mounted app (docs/platform-notes.md).
         freeze_gc_heap()
         if not self.args.disable_log_stats:
             self._stats_task = asyncio.create_task(self._log_stats())
@@ -241,14 +233,7 @@ class VLLMEngine(Engine):
     def parameters(self) -> dict[str, str]:
         return dict(V2_PARAMETERS)
 
-    # ---- translation of a GenerationRequest onto vLLM's OpenAI serving classes ----
-
-    def _sampling(self, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(V2_PARAMETERS))
-        if unknown:
-            raise ClientError(
-                f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
-        return dict(params)
+    # ---- v2 / generate / v1: prompts + parameters -> vLLM's typed requests ----
 
     def _state(self) -> Any:
         if self.openai_app is None:
@@ -259,64 +244,40 @@ class VLLMEngine(Engine):
                 f"{', '.join(self.supported_tasks)}); use /openai/v1/embeddings")
         return self.openai_app.state
 
-    def _openai_request(self, model: type[Any], inputs: dict[str, Any], params: dict[str, Any],
-                        stream: bool) -> Any:
-        """Validate a v2/generate request as the OpenAI request ``model`` (completion or chat)."""
-        body = {"model": self.model_name, **inputs, **self._sampling(params)}
-        if stream:
-            body |= {"stream": True, "stream_options": {"include_usage": True}}
-        try:
-            return model.model_validate(body)
-        except pydantic.ValidationError as exc:
-            raise ClientError(_validation_message(exc)) from None
-
-    def _completion_request(self, prompts: list[str], params: dict[str, Any],
-                            stream: bool) -> CompletionRequest:
-        return self._openai_request(CompletionRequest, {"prompt": prompts}, params, stream)
-
-    def _chat_request(self, prompt: str, params: dict[str, Any],
-                      stream: bool) -> ChatCompletionRequest:
-        return self._openai_request(ChatCompletionRequest,
-                                    {"messages": [{"role": "user", "content": prompt}]},
-                                    params, stream)
-
-    def validate_openai(self, path: str, body: Any) -> None:
-        """Run an OpenAI body through vLLM's own request model before vLLM's route does.
-
-        Why: some of vLLM's "before" validators assume nested objects are dicts
-        (``"structured_outputs": 1.5`` -> ``AttributeError``), which its route answers with a 500.
-        Those are the client's error. Ordinary validation errors are left to vLLM's route,
-        which renders them as OpenAI 400s.
-        """
-        if path.endswith("/chat/completions"):
-            model: type[Any] = ChatCompletionRequest
-        elif path.endswith("/completions"):
-            model = CompletionRequest
-        else:
-            return
-        try:
-            model.model_validate(body)
-        except pydantic.ValidationError:
-            return  # vLLM's route renders these itself, in its own words
-        except VLLMValidationError as exc:
-            raise ClientError(str(exc)) from None
-        except Exception as exc:  # any other failure to read untrusted input is the input's
-            raise ClientError(f"invalid request: {type(exc).__name__}: {exc}") from None
+    def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
+                limits: Limits) -> PreparedRequest:
+        """Validate once with vLLM's OpenAI request models: the same names, meanings,
+        defaults and messages as the OpenAI routes."""
+        if not prompts:
+            raise ClientError("empty batch: at least one prompt is required")
+        unknown = sorted(set(params) - set(V2_PARAMETERS))
+        if unknown:
+            raise ClientError(
+                f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
+        extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+        base = {"model": self.model_name, **params, **extra}
+        if chat:
+            items = [vllm_openai.parse("chat", {**base, "messages": [
+                {"role": "user", "content": p}]}) for p in prompts]
+            works = [vllm_openai.work("chat", r, limits) for r in items]
+            one = works[0]
+            return PreparedRequest(items, True, len(prompts),
+                                   Work(len(prompts), one.n, one.max_tokens, one.stop_sequences))
+        request = vllm_openai.parse("completion", {**base, "prompt": prompts})
+        return PreparedRequest([request], False, len(prompts),
+                               vllm_openai.work("completion", request, limits))
 
     @staticmethod
     def _raise_error(result: Any) -> None:
         if isinstance(result, ErrorResponse):
             raise from_status(int(result.error.code), result.error.message)
 
-    async def complete(self, request: GenerationRequest) -> list[Completion]:
+    async def complete(self, request: PreparedRequest) -> list[Completion]:
         state = self._state()
-        if not request.prompts:
-            raise ClientError("empty batch: at least one prompt is required")
         if request.chat:
-            reqs = [self._chat_request(p, request.params, False) for p in request.prompts]
             with _client_errors():
                 results = await asyncio.gather(
-                    *(state.openai_serving_chat.create_chat_completion(r) for r in reqs))
+                    *(state.openai_serving_chat.create_chat_completion(r) for r in request.items))
             out = []
             for res in results:
                 self._raise_error(res)
@@ -324,9 +285,8 @@ class VLLMEngine(Engine):
                 out.append(Completion(choice.message.content or "", choice.finish_reason,
                                       res.usage.prompt_tokens, res.usage.completion_tokens or 0))
             return out
-        creq = self._completion_request(request.prompts, request.params, False)
         with _client_errors():
-            res = await state.openai_serving_completion.create_completion(creq)
+            res = await state.openai_serving_completion.create_completion(request.items[0])
         self._raise_error(res)
         # One choice per prompt; usage is summed over the batch, so it is exact only for B=1.
         single = len(res.choices) == 1
@@ -337,21 +297,38 @@ class VLLMEngine(Engine):
             for c in sorted(res.choices, key=lambda c: c.index)
         ]
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: PreparedRequest) -> AsyncGenerator[Delta, None]:
         state = self._state()
-        if len(request.prompts) != 1:
+        if request.prompts != 1:
             raise ClientError("streaming takes exactly one prompt")
         with _client_errors():
             if request.chat:
-                gen = await state.openai_serving_chat.create_chat_completion(
-                    self._chat_request(request.prompts[0], request.params, True))
+                gen = await state.openai_serving_chat.create_chat_completion(request.items[0])
             else:
-                gen = await state.openai_serving_completion.create_completion(
-                    self._completion_request(request.prompts, request.params, True))
+                gen = await state.openai_serving_completion.create_completion(request.items[0])
         self._raise_error(gen)
         return self._deltas(gen, request.chat)
 
-    async def _deltas(self, sse: AsyncIterator[str], chat: bool) -> AsyncIterator[Delta]:
+    # ---- OpenAI: vLLM's request objects and handlers (runtime.engine.vllm_openai) ----
+
+    def openai_parse(self, kind: str, body: Any) -> Any:
+        return vllm_openai.parse(kind, body)
+
+    def openai_model(self, request: Any) -> str | None:
+        return vllm_openai.model_of(request)
+
+    def openai_work(self, kind: str, request: Any, limits: Limits) -> Work:
+        return vllm_openai.work(kind, request, limits)
+
+    async def openai_respond(self, kind: str, request: Any, raw_request: Any) -> Response:
+        state = self.openai_app.state if self.openai_app is not None else None
+        return await vllm_openai.respond(kind, request, state, raw_request)
+
+    async def openai_models(self) -> Response:
+        return await vllm_openai.list_models(
+            self.openai_app.state if self.openai_app is not None else None)
+
+    async def _deltas(self, sse: AsyncIterator[str], chat: bool) -> AsyncGenerator[Delta, None]:
         finish: str | None = None
         try:
             async for event in sse:

@@ -1,1 +1,1 @@
-"""Protocol adapters: each translates its wire format to one ``GenerationRequest`` and back."""
+"""Protocol adapters: each translates its wire format to the engine's typed requests and back."""

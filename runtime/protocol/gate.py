@@ -1,158 +1,183 @@
-"""The HTTP gate in front of every route: request id, API key, lifecycle, in-flight count,
-and cancellation of non-streamed requests whose client went away.
+"""The HTTP front door: every request on the HTTP port passes here before any route.
 
-Why one ASGI middleware: these concerns apply to KServe's routes, the generate extension and
-vLLM's mounted OpenAI app alike, and must act before any of them parses a body. Health and
-metrics routes pass through untouched (probes need no key and must answer while draining).
+Why one ASGI middleware: the pipeline's transport steps (route allowlist, request id, API key,
+body size, readiness, model resolution, in-flight count, cancellation on disconnect, one count
+of the outcome) apply to KServe's routes, the generate extension, KServe v1 and the OpenAI
+routes alike, and must act before any of them parses a body. Health routes pass without a key
+(probes must answer while draining); anything outside ``runtime.routes``' table is a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
-import re
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.admission import Admission
-from runtime.lifecycle import Lifecycle, State
+from runtime import routes
+from runtime.errors import ClientError, PayloadTooLargeError, ServingError
 from runtime.logs import new_request_id, request_id
 from runtime.metrics import count_request
-
-HEALTH = re.compile(r"^/$|^/v2/health/(live|ready)$|^/v2/models/[^/]+(/versions/[^/]+)?/ready$"
-                    r"|^/v1/models/[^/:]+$")
-INFERENCE = re.compile(r"^/openai/|^/v1/(completions|chat/completions|embeddings)$"
-                       r"|^/v2/models/[^/]+(/versions/[^/]+)?/(infer|generate|generate_stream)$"
-                       r"|^/v1/models/[^/]+:predict$")
-# Routes answered with one JSON body after the engine finishes: cancel them on disconnect.
-# (Streams are cancelled by Starlette itself; vLLM's OpenAI routes watch for it themselves.)
-NON_STREAMED = re.compile(r"/(infer|generate)$|:predict$")
-# The v2 spec's versioned paths: this runtime has one, unnamed version of its model, so
-# `/v2/models/m/versions/v/...` is served as `/v2/models/m/...` (KServe would answer 501).
-VERSIONED = re.compile(r"^(/v2/models/[^/]+)/versions/[^/]+(/.*)?$")
+from runtime.pipeline import Pipeline, outcome_of
+from runtime.protocol.http_errors import log_error, render
+from runtime.routes import Kind
 
 
-def _protocol(path: str) -> str:
-    if path.startswith(("/openai/", "/v1/")):
-        return "openai"
-    return "v2-generate" if "/generate" in path else "v2-rest"
+class RouteNotFoundError(ClientError):
+    """A path outside the route table (404 / NOT_FOUND)."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class _TooLarge(PayloadTooLargeError):
+    """Raised from ``receive`` when a chunked body passes the limit; rendered as 413."""
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return None
 
 
 class Gate:
     """ASGI middleware; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, lifecycle: Lifecycle, admission: Admission,
-                 api_key: str | None, protect_metrics: bool, model_name: str) -> None:
+    def __init__(self, app: ASGIApp, *, pipeline: Pipeline, max_request_bytes: int) -> None:
         self.app = app
-        self.lifecycle = lifecycle
-        self.admission = admission
-        self.api_key = api_key.encode() if api_key else None
-        self.protect_metrics = protect_metrics
-        self.model_name = model_name
-
-    async def _reject(self, send: Send, path: str, status: int, message: str,
-                      headers: list[tuple[bytes, bytes]] = ()) -> None:
-        if path.startswith(("/openai/", "/v1/")) and INFERENCE.match(path):
-            payload: Any = {"error": {"message": message, "type": "error", "param": None,
-                                      "code": status}}
-        else:
-            payload = {"error": message}
-        body = json.dumps(payload).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"x-request-id", request_id.get().encode()), *headers]})
-        await send({"type": "http.response.body", "body": body})
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self.api_key is not None
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(),
-                                                                           self.api_key)
-        return False
+        self.pipeline = pipeline
+        self.max_bytes = max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        versioned = VERSIONED.match(path)
-        if versioned:
-            path = versioned.group(1) + (versioned.group(2) or "")
+        if scope["type"] != "http":  # websockets and anything else: not served
+            if scope["type"] == "websocket":
+                await receive()
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        path = routes.unversioned(scope["path"])
+        if path != scope["path"]:
             scope = {**scope, "path": path, "raw_path": path.encode()}
-        headers = dict(scope.get("headers", ()))
-        token = request_id.set(new_request_id(headers.get(b"x-request-id", b"").decode(
-            "latin-1")))
+        route = routes.classify(path, operator_routes=self.pipeline.operator_routes)
+        given = _header(scope, b"x-request-id")
+        token = request_id.set(new_request_id(given.decode("latin-1") if given else None))
         try:
-            await self._handle(scope, receive, send, path)
+            await self._handle(scope, receive, send, route)
         finally:
             request_id.reset(token)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+    async def _send_error(self, send: Send, exc: ServingError, route: routes.Route,
+                          where: str) -> None:
+        log_error(exc, where)
+        status, headers, body = render(exc, route.protocol)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _admit_route(self, scope: Scope, route: routes.Route) -> str | None:
+        """The pipeline's checks before any route runs; returns the resolved model."""
+        pipeline = self.pipeline
+        if route.kind is Kind.UNKNOWN:
+            raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}")
+        exempt = route.kind is Kind.HEALTH or (
+            route.kind is Kind.METRICS and not pipeline.protect_metrics)
+        if not exempt:
+            pipeline.authenticate(_header(scope, b"authorization"))
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            raise PayloadTooLargeError(
+                f"request body exceeds the limit of {self.max_bytes} bytes (--max_request_bytes)")
+        if route.kind is not Kind.INFERENCE:
+            return None
+        pipeline.check_ready()
+        return pipeline.resolve(route.model) if route.model is not None else None
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send,
+                      route: routes.Route) -> None:
         rid = request_id.get().encode()
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
-        exempt = HEALTH.match(path) or (path == "/metrics" and not self.protect_metrics)
-        if exempt:
-            await self.app(scope, receive, send_with_id)
-            return
-        if self.api_key is not None and not self._authorized(scope):
-            await self._reject(send, path, 401, "missing or invalid API key",
-                               [(b"www-authenticate", b"Bearer")])
-            return
-        if not INFERENCE.match(path):
-            await self.app(scope, receive, send_with_id)
-            return
-        state = self.lifecycle.state
-        if state is not State.READY:
-            retry = b"5" if state in (State.LOADING, State.DRAINING) else b"30"
-            count_request(self.model_name, _protocol(path), "rejected")
-            await self._reject(send, path, 503,
-                               f"model is not ready ({self.lifecycle.reason})",
-                               [(b"retry-after", retry)])
-            return
-        self.admission.enter()
+        where = f"{scope.get('method')} {scope['path']}"
         try:
-            if NON_STREAMED.search(path):
-                await _cancel_on_disconnect(self.app, scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
-        finally:
-            self.admission.leave()
+            model = self._admit_route(scope, route)
+        except ServingError as exc:
+            if route.kind is Kind.INFERENCE:
+                count_request(self.pipeline.label(route.model), route.protocol or "-",
+                              outcome_of(int(exc.http_status)))
+            await self._send_error(send_with_id, exc, route, where)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge(f"request body exceeds the limit of {self.max_bytes} "
+                                    "bytes (--max_request_bytes)")
+            return message
+
+        try:
+            if route.kind is not Kind.INFERENCE:
+                await self.app(scope, limited_receive, send_with_id)
+                return
+            assert route.protocol is not None
+            with self.pipeline.call(route.protocol, model) as call:
+                scope.setdefault("state", {})["call"] = call
+                status = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
+                call.outcome = call.outcome or ("aborted" if status is None
+                                                else outcome_of(status))
+        except _TooLarge as exc:
+            if not started:
+                await self._send_error(send_with_id, exc, route, where)
 
 
-async def _cancel_on_disconnect(app: ASGIApp, scope: Scope, receive: Receive,
-                                send: Send) -> None:
-    """Run a non-streamed request; cancel it (aborting its engine requests) if the client
-    disconnects before the answer is sent."""
+async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive,
+                           send: Send) -> int | None:
+    """Run a request; cancel it (aborting its engine requests) if the client disconnects
+    before the whole answer is sent. Returns the response status, None if cancelled."""
     body_done = asyncio.Event()
     disconnected = asyncio.Event()
+    status: int | None = None
+    complete = False
 
     async def tracking_receive() -> Message:
         message = await receive()
         if message["type"] == "http.request" and not message.get("more_body", False):
             body_done.set()
-        elif message["type"] == "http.disconnect":
+        elif message["type"] == "http.disconnect" and not complete:
             disconnected.set()
         return message
 
+    async def tracking_send(message: Message) -> None:
+        nonlocal status, complete
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete = True
+        await send(message)
+
     async def watch() -> None:
         await body_done.wait()
-        while True:
+        while not complete:
             message = await receive()
             if message["type"] == "http.disconnect":
-                disconnected.set()
+                if not complete:
+                    disconnected.set()
                 return
 
-    task = asyncio.ensure_future(app(scope, tracking_receive, send))
+    task = asyncio.ensure_future(app(scope, tracking_receive, tracking_send))
     watcher = asyncio.ensure_future(watch())
     gone = asyncio.ensure_future(disconnected.wait())
     try:
@@ -161,10 +186,11 @@ async def _cancel_on_disconnect(app: ASGIApp, scope: Scope, receive: Receive,
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            count_request(str(scope.get("model", "")) or "-", _protocol(scope["path"]),
-                          "aborted")
-            return
+            return None
         await task
+        if disconnected.is_set() and not complete:
+            return None  # the response stopped itself when the client went away
+        return status if status is not None else 500
     finally:
         watcher.cancel()
         gone.cancel()

@@ -1,52 +1,106 @@
-"""HTTP rendering of errors, and the request-size limit, for every HTTP route.
+"""HTTP rendering of errors, once per protocol, for every HTTP route.
 
-Why one table: a ``ServingError`` raised anywhere in a v2 or generate route becomes
-``{"error": message}`` with the error's own status; framework validation failures become 400
-(malformed JSON) or 422 (schema), never 500. vLLM's mounted OpenAI app renders its own errors
-in OpenAI's shape.
+Why one table: a ``ServingError`` raised anywhere (the gate, a codec, the engine adapter)
+becomes the error shape of the protocol the route belongs to: OpenAI's error object on OpenAI
+routes, ``{"error": message}`` on v2, the generate extension and KServe v1. Framework failures
+(malformed JSON, schema validation, unknown path) are rendered the same way, never as a 500.
+Client errors are logged as one line; server errors with their traceback.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from runtime.errors import PayloadTooLargeError, ServingError
+from runtime import routes
+from runtime.errors import ClientError, ServingError
 
 logger = logging.getLogger(__name__)
 
 
+def error_body(protocol: str | None, status: int, message: str) -> dict[str, Any]:
+    """The error object of ``protocol``."""
+    if protocol == routes.OPENAI:
+        try:
+            kind = HTTPStatus(status).phrase.replace(" ", "") + "Error"
+        except ValueError:
+            kind = "Error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return {"error": message}
+
+
+def error_headers(exc: ServingError) -> dict[str, str]:
+    """Headers that go with an error: Retry-After for 429/503, WWW-Authenticate for 401."""
+    headers = {}
+    retry = getattr(exc, "retry_after", None)
+    if retry:
+        headers["retry-after"] = str(retry)
+    if exc.http_status == HTTPStatus.UNAUTHORIZED:
+        headers["www-authenticate"] = "Bearer"
+    return headers
+
+
+def render(exc: ServingError, protocol: str | None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of an error on ``protocol``."""
+    status = int(exc.http_status)
+    body = json.dumps(error_body(protocol, status, exc.message)).encode()
+    return status, {"content-type": "application/json", **error_headers(exc)}, body
+
+
+def log_error(exc: ServingError, where: str) -> None:
+    """One line for a client error; the traceback too for a server error."""
+    if exc.http_status >= 500:
+        logger.error("%s -> %d: %s", where, exc.http_status, exc.message,
+                     exc_info=exc.__cause__ is not None)
+    else:
+        logger.info("%s -> %d: %s", where, exc.http_status, exc.message)
+
+
+def _protocol_of(request: Request) -> str | None:
+    return routes.classify(routes.unversioned(request.url.path)).protocol
+
+
+def _response(exc: ServingError, request: Request) -> JSONResponse:
+    log_error(exc, f"{request.method} {request.url.path}")
+    status = int(exc.http_status)
+    return JSONResponse(error_body(_protocol_of(request), status, exc.message),
+                        status_code=status, headers=error_headers(exc))
+
+
 async def serving_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
-    if exc.http_status >= 500:
-        logger.error("%s %s -> %s: %s (request id %s)", request.method, request.url.path,
-                     exc.http_status, exc.message, request.headers.get("x-request-id", "-"))
-    retry = getattr(exc, "retry_after", None)
-    headers = {"retry-after": str(retry)} if retry else None
-    return JSONResponse({"error": exc.message}, status_code=int(exc.http_status), headers=headers)
+    return _response(exc, request)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's body validation (KServe's v2 routes): malformed JSON and wrong shapes are 400."""
     assert isinstance(exc, RequestValidationError)
     errors: list[dict[str, Any]] = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
         detail = errors[0].get("ctx", {}).get("error", "")
-        return JSONResponse({"error": f"malformed JSON body: {detail}".strip()}, status_code=400)
-    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors]
-    return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=422)
+        message = f"malformed JSON body: {detail}".strip()
+    else:
+        message = "invalid request: " + "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:10])
+    return _response(ClientError(message), request)
 
 
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Framework errors (unknown path, undecodable body, ...) in the v2 shape."""
+    """Framework errors (unknown path, wrong method, undecodable body) in the route's shape."""
     assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    err = ClientError(str(exc.detail))
+    err.http_status = exc.status_code
+    response = _response(err, request)
+    for name, value in (getattr(exc, "headers", None) or {}).items():
+        response.headers[name] = value
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -54,63 +108,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, serving_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_exception_handler)
-
-
-class BodySizeLimit:
-    """ASGI middleware: 413 for a body larger than ``max_bytes`` (by Content-Length, or while
-    reading a chunked body), before any route or engine sees it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _reject(self, send: Send) -> None:
-        body = (b'{"error": "request body exceeds the limit of %d bytes"}' % self.max_bytes)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(send)
-                    return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge()
-            return message
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
-
-
-class _TooLarge(PayloadTooLargeError):
-    """Raised from ``receive`` when a chunked body passes the limit; rendered as 413."""
-
-    def __init__(self) -> None:
-        super().__init__("request body exceeds the configured limit")

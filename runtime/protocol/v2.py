@@ -1,21 +1,24 @@
 """Open Inference Protocol v2 (REST and gRPC) for text: ``text_input`` BYTES [B] -> ``text_output``.
 
 Why one codec for both transports: KServe's DataPlane already turns REST JSON and gRPC
-protobuf into one ``InferRequest``; this module turns that into a ``GenerationRequest`` (and the
-answers back into an ``InferResponse``), so both transports share every check and message.
+protobuf into one ``InferRequest``; this module turns that into ``TextRequest`` (prompts,
+sampling parameters, chat switch), which the engine adapter validates into typed requests, and
+the answers back into an ``InferResponse``, so both transports share every check and message.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from runtime.engine.base import Completion, GenerationRequest
+from runtime.engine.base import Completion
 from runtime.errors import ClientError
+from runtime.limits import check_text
 
 INPUT_NAME = "text_input"
 OUTPUT_NAME = "text_output"
@@ -94,8 +97,24 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def decode_request(request: InferRequest) -> GenerationRequest:
-    """Check an ``InferRequest`` against the text contract and turn it into a GenerationRequest."""
+@dataclass
+class TextRequest:
+    """What every text protocol (v2, generate, KServe v1) decodes to before validation."""
+
+    prompts: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    chat: bool = False
+
+
+def text_request(prompts: list[str], params: dict[str, Any]) -> TextRequest:
+    """Split the runtime's and the transport's own keys from the sampling settings."""
+    check_text(prompts, f"input '{INPUT_NAME}'")
+    check_text(params, "parameters")
+    return TextRequest(prompts, sampling_parameters(params), chat_flag(params))
+
+
+def decode_request(request: InferRequest) -> TextRequest:
+    """Check an ``InferRequest`` against the text contract and turn it into a TextRequest."""
     names = [i.name for i in request.inputs]
     if INPUT_NAME not in names:
         raise ClientError(
@@ -124,10 +143,7 @@ def decode_request(request: InferRequest) -> GenerationRequest:
             f"{len(values)} elements")
     if not values:
         raise ClientError(f"empty batch: input '{INPUT_NAME}' must hold at least one prompt")
-    prompts = _texts(values)
-    params = parameters_of(request.parameters)
-    return GenerationRequest(prompts=prompts, params=sampling_parameters(params),
-                             chat=chat_flag(params), request_id=request.id)
+    return text_request(_texts(values), parameters_of(request.parameters))
 
 
 def chat_flag(params: dict[str, Any]) -> bool:

@@ -56,12 +56,35 @@ def server_errors_before(predictor: ServerProcess) -> float:
     return _server_errors(predictor.url)
 
 
+def openai_spec() -> dict[str, Any]:
+    """An OpenAPI document for every OpenAI route the runtime serves, built from vLLM's own
+    request models (the ones the runtime validates with). The server publishes none: vLLM's
+    document listed routes the runtime does not serve."""
+    from pydantic import TypeAdapter
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+
+    ok = {"200": {"description": "ok"}}
+    paths: dict[str, Any] = {"/v1/models": {"get": {"responses": ok}}}
+    components: dict[str, Any] = {}
+    for path, model in [("/v1/chat/completions", ChatCompletionRequest),
+                        ("/v1/completions", CompletionRequest),
+                        ("/v1/embeddings", EmbeddingRequest),
+                        ("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest)]:
+        schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        paths[path] = {"post": {"requestBody": {"required": True, "content": {
+            "application/json": {"schema": schema}}}, "responses": ok}}
+    return {"openapi": "3.1.0", "info": {"title": "runtime OpenAI routes", "version": "1"},
+            "paths": paths, "components": {"schemas": components}}
+
+
 @pytest.fixture(scope="module")
-def openai_schema(predictor: ServerProcess, server_errors_before: float) -> Any:
-    """vLLM's OpenAPI document as the server publishes it, cut to the three OpenAI operations
-    this runtime documents (the mounted app also lists /load, /scale_elastic_ep, ...)."""
-    schema = schemathesis.openapi.from_url(predictor.url + "/openai/openapi.json")
-    return schema.include(path_regex=r"^/v1/(models|completions|chat/completions)$")
+def openai_schema(server_errors_before: float) -> Any:
+    """Every served OpenAI operation (``runtime.routes.OPENAI_ENDPOINTS`` and the model list)."""
+    return schemathesis.openapi.from_dict(openai_spec())
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +119,8 @@ def openai_error(payload: Any) -> bool:
 
 def run_schema_fuzz(operation: Any, *, mode: GenerationMode, base_url: str, overlay: Overlay,
                     max_examples: int, error_shape: Callable[[Any], bool],
-                    path_parameters: dict[str, str] | None = None) -> None:
+                    path_parameters: dict[str, str] | None = None,
+                    expect_success: bool = True) -> None:
     """Send generated cases for one operation; fail on the first new 5xx, lost connection, or
     4xx whose body is not the protocol's error shape (``error_shape``).
 
@@ -147,7 +171,7 @@ def run_schema_fuzz(operation: Any, *, mode: GenerationMode, base_url: str, over
         print(f"{operation.method.upper()} {operation.path} {mode.value}: {dict(statuses)}")
     # The cases reached the model, not only validation (or an auth wall); too few to tell in a
     # smoke run (FUZZ_SCALE < 1).
-    if mode is POSITIVE and fuzzing.examples(max_examples) >= 10:
+    if mode is POSITIVE and expect_success and fuzzing.examples(max_examples) >= 10:
         assert statuses[200], f"no generated case succeeded: {dict(statuses)}"
 
 
@@ -159,6 +183,10 @@ OPENAI_OPERATIONS = [
     ("POST", "/v1/chat/completions", NEGATIVE, 30),
     ("POST", "/v1/completions", POSITIVE, 50),
     ("POST", "/v1/completions", NEGATIVE, 30),
+    ("POST", "/v1/embeddings", POSITIVE, 10),  # a generative model: a 4xx, never a 5xx
+    ("POST", "/tokenize", POSITIVE, 20),
+    ("POST", "/tokenize", NEGATIVE, 10),
+    ("POST", "/detokenize", POSITIVE, 20),
 ]
 
 
@@ -188,9 +216,17 @@ def openai_overlay(case: Any, data: st.DataObject) -> None:
 def test_openai_operation_has_no_server_error(predictor: ServerProcess, openai_schema: Any,
                                               method: str, path: str, mode: GenerationMode,
                                               max_examples: int) -> None:
-    operation = openai_schema[path][method]  # KeyError: the server stopped documenting it
+    operation = openai_schema[path][method]
     run_schema_fuzz(operation, mode=mode, base_url=predictor.url + "/openai",
-                    overlay=openai_overlay, max_examples=max_examples, error_shape=openai_error)
+                    overlay=openai_overlay, max_examples=max_examples, error_shape=openai_error,
+                    expect_success=path != "/v1/embeddings")  # SmolLM2 embeds nothing: 4xx
+
+
+def test_openai_fuzzing_covers_every_served_route() -> None:
+    from runtime.routes import OPENAI_ENDPOINTS
+
+    fuzzed = {path for _m, path, _g, _n in OPENAI_OPERATIONS}
+    assert fuzzed == {*OPENAI_ENDPOINTS, "/v1/models"}
 
 
 # ---------------------------------------------------------------- v2 REST (spec)
@@ -309,11 +345,14 @@ def _reject_5xx(url: str, response: httpx.Response, body: Any) -> bool:
     return False
 
 
-def test_generate_has_no_server_error(predictor: ServerProcess) -> None:
-    url = f"{predictor.url}/v2/models/{MODEL}/generate"
+def _fuzz_generate_route(predictor: ServerProcess, route: str, examples: int,
+                        check_ok: Callable[[str, httpx.Response, Any], None]) -> None:
+    """Generated bodies to one generate-extension route: no 5xx beyond the known issues, every
+    4xx in the error shape, every 200 checked by ``check_ok``; some case must succeed."""
+    url = predictor.url + route
     statuses: Counter[int] = Counter()
 
-    @fuzz_settings(80)
+    @fuzz_settings(examples)
     @given(body=generate_bodies)
     def prop(body: Any) -> None:
         cap_generate_body(body)
@@ -324,46 +363,39 @@ def test_generate_has_no_server_error(predictor: ServerProcess) -> None:
         if response.status_code >= 400:
             check_error_shape(response, body)
         else:
-            assert isinstance(response.json()["text_output"], str), response.text
+            check_ok(url, response, body)
 
     try:
         prop()
     finally:
-        print(f"POST /v2/models/{MODEL}/generate: {dict(statuses)}")
+        print(f"POST {route}: {dict(statuses)}")
     assert statuses[200], f"no generated case succeeded: {dict(statuses)}"
+
+
+def _generated_text(url: str, response: httpx.Response, body: Any) -> None:
+    assert isinstance(response.json()["text_output"], str), response.text
+
+
+def _streamed_to_the_end(url: str, response: httpx.Response, body: Any) -> None:
+    assert response.headers["content-type"].startswith("text/event-stream"), response.text
+    events = [json.loads(line.removeprefix("data: "))
+              for line in response.text.splitlines() if line.strip()]
+    errors = [e["error"] for e in events if "error" in e]
+    issue = known_issue(url, body, json.dumps(errors)) if errors else None
+    if issue:
+        KNOWN_SEEN.append(issue)
+        return
+    assert not errors, f"error event after 200: {errors} for {json.dumps(body)}"
+    assert events and events[-1].get("finish_reason"), response.text
+
+
+def test_generate_has_no_server_error(predictor: ServerProcess) -> None:
+    _fuzz_generate_route(predictor, f"/v2/models/{MODEL}/generate", 80, _generated_text)
 
 
 def test_generate_stream_has_no_server_error(predictor: ServerProcess) -> None:
-    url = f"{predictor.url}/v2/models/{MODEL}/generate_stream"
-    statuses: Counter[int] = Counter()
-
-    @fuzz_settings(40)
-    @given(body=generate_bodies)
-    def prop(body: Any) -> None:
-        cap_generate_body(body)
-        response = post_json(url, body)
-        statuses[response.status_code] += 1
-        if _reject_5xx(url, response, body):
-            return
-        if response.status_code >= 400:
-            check_error_shape(response, body)
-            return
-        assert response.headers["content-type"].startswith("text/event-stream"), response.text
-        events = [json.loads(line.removeprefix("data: "))
-                  for line in response.text.splitlines() if line.strip()]
-        errors = [e["error"] for e in events if "error" in e]
-        issue = known_issue(url, body, json.dumps(errors)) if errors else None
-        if issue:
-            KNOWN_SEEN.append(issue)
-            return
-        assert not errors, f"error event after 200: {errors} for {json.dumps(body)}"
-        assert events and events[-1].get("finish_reason"), response.text
-
-    try:
-        prop()
-    finally:
-        print(f"POST /v2/models/{MODEL}/generate_stream: {dict(statuses)}")
-    assert statuses[200], f"no generated case succeeded: {dict(statuses)}"
+    _fuzz_generate_route(predictor, f"/v2/models/{MODEL}/generate_stream", 40,
+                         _streamed_to_the_end)
 
 
 # ---------------------------------------------------------------- afterwards

@@ -13,6 +13,8 @@ import pytest
 
 from tests.runtime.conftest import MODEL
 
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["What is the capital of France?", "What is the capital of Germany?"]
 
 
@@ -37,6 +39,16 @@ def grpc_infer(port: int, prompts: list[str], params: dict, model: str = MODEL,
             await client.close()
 
     return asyncio.run(go())
+
+
+def grpc_stub(port: int):
+    """A raw stub of KServe's GRPCInferenceService (every RPC, not only the client's), and the
+    protobuf module of its messages."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return pb_grpc.GRPCInferenceServiceStub(channel), pb
 
 
 def test_kserve_grpc_client_two_prompts(predictor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -13,16 +14,30 @@ from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
 from tests.support.server import start_runtime
 
+pytestmark = pytest.mark.slow
+
 KEY = "s3cret-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
+DEFAULT_MAX_TOKENS = 5
+
+
 @pytest.fixture(scope="module")
-def guarded(model_dir: str):
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The key as a mounted Secret holds it: a file (rotated by one test, then restored)."""
+    path = tmp_path_factory.mktemp("secret") / "api-key"
+    path.write_text(KEY + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def guarded(model_dir: str, key_file: Path):
     server = start_runtime(model_dir=model_dir, name="guarded", extra=[
-        "--max-model-len=1024", "--max-num-seqs=2", f"--api_key={KEY}",
+        "--max-model-len=1024", "--max-num-seqs=2", f"--api_key_file={key_file}",
         "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
-        "--max_tokens_limit=800", "--max_stop_sequences=2"])
+        "--max_tokens_limit=800", "--max_stop_sequences=2",
+        f"--default_max_tokens={DEFAULT_MAX_TOKENS}", "--enable_operator_routes=true"])
     # readiness is exempt from the key, so the fixture's health poll worked without it
     try:
         yield server
@@ -80,6 +95,101 @@ def test_limits(guarded, path: str, body: dict, needle: str) -> None:
     assert r.status_code == 400, r.text
     err = r.json()["error"]
     assert needle in (err["message"] if isinstance(err, dict) else err)
+
+
+@pytest.mark.parametrize("path,body,flag", [
+    # Values of another JSON type that vLLM coerces are bounded like the number they mean.
+    ("/openai/v1/chat/completions", {"model": "smollm2", "n": "3",
+                                     "messages": [{"role": "user", "content": "hi"}]}, "--max_n"),
+    ("/openai/v1/chat/completions", {"model": "smollm2", "n": 3.0,
+                                     "messages": [{"role": "user", "content": "hi"}]}, "--max_n"),
+    ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "n": "3"}, "--max_n"),
+    ("/openai/v1/completions", {"model": "smollm2", "prompt": "hi", "max_tokens": "100000"},
+     "--max_tokens_limit"),
+    ("/openai/v1/chat/completions", {"model": "smollm2", "max_completion_tokens": "900",
+                                     "messages": [{"role": "user", "content": "hi"}]},
+     "--max_tokens_limit"),
+    ("/v2/models/smollm2/generate", {"text_input": "a", "parameters": {"max_tokens": "900"}},
+     "--max_tokens_limit"),
+    ("/v2/models/smollm2/infer", v2_body(["a"], max_tokens=900.0), "--max_tokens_limit"),
+    ("/v1/models/smollm2:predict", {"instances": ["a", "b", "c"]}, "--max_batch_size"),
+])
+def test_limits_apply_to_validated_values(guarded, path: str, body: dict, flag: str) -> None:
+    r = httpx.post(guarded.url + path, json=body, headers=AUTH, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert flag in (err["message"] if isinstance(err, dict) else err)
+
+
+def test_requests_without_max_tokens_get_the_server_cap(guarded) -> None:
+    """A chat request that omits max_tokens means "up to the context" in vLLM; here it gets
+    --default_max_tokens on OpenAI and on v2 (ignore_eos makes the cap the only stop)."""
+    r = httpx.post(guarded.url + "/openai/v1/chat/completions", headers=AUTH, timeout=60, json={
+        "model": "smollm2", "ignore_eos": True,
+        "messages": [{"role": "user", "content": "Tell me a long story"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == DEFAULT_MAX_TOKENS
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    r = httpx.post(guarded.url + "/v2/models/smollm2/generate", headers=AUTH, timeout=60, json={
+        "text_input": "Tell me a long story",
+        "parameters": {"apply_chat_template": True, "ignore_eos": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == DEFAULT_MAX_TOKENS
+
+
+def test_grpc_key_on_every_rpc_but_health(guarded) -> None:
+    from tests.runtime.test_grpc import grpc_stub
+
+    stub, pb = grpc_stub(guarded.grpc_port)
+    auth = [("authorization", f"Bearer {KEY}")]
+    for call, request in [(stub.ServerLive, pb.ServerLiveRequest()),
+                          (stub.ServerReady, pb.ServerReadyRequest()),
+                          (stub.ModelReady, pb.ModelReadyRequest(name="smollm2"))]:
+        assert call(request, timeout=10) is not None  # health: no key needed
+    for call, request in [(stub.ServerMetadata, pb.ServerMetadataRequest()),
+                          (stub.ModelMetadata, pb.ModelMetadataRequest(name="smollm2")),
+                          (stub.RepositoryModelLoad,
+                           pb.RepositoryModelLoadRequest(model_name="smollm2")),
+                          (stub.RepositoryModelUnload,
+                           pb.RepositoryModelUnloadRequest(model_name="smollm2"))]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, call
+        assert "API key" in err.value.details()
+    assert stub.ServerMetadata(pb.ServerMetadataRequest(), metadata=auth, timeout=10).name
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="smollm2"), metadata=auth, timeout=10)
+    assert meta.inputs[0].name == "text_input"
+    with pytest.raises(grpc.RpcError) as err:  # with the key, unloading is still refused
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="smollm2"),
+                                   metadata=auth, timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_operator_routes_only_with_the_key(guarded) -> None:
+    """--enable_operator_routes serves vLLM's operator routes, and only with the key (the
+    shared server, without the flag, answers 404: tests/runtime/test_routes_served.py)."""
+    r = httpx.post(guarded.url + "/openai/is_scaling_elastic_ep", timeout=30)
+    assert r.status_code == 401
+    r = httpx.post(guarded.url + "/openai/is_scaling_elastic_ep", headers=AUTH, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"is_scaling_elastic_ep": False}
+    r = httpx.post(guarded.url + "/openai/invocations", headers=AUTH, timeout=30, json={})
+    assert r.status_code == 404  # not an operator route: still outside the allowlist
+
+
+def test_key_file_rotation_takes_effect_without_restart(guarded, key_file: Path) -> None:
+    body = {"text_input": "hi", "parameters": {"max_tokens": 1}}
+    url = guarded.url + "/v2/models/smollm2/generate"
+    assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
+    new = {"authorization": "Bearer rotated-key"}
+    try:
+        key_file.write_text("rotated-key\n")
+        assert httpx.post(url, json=body, headers=new, timeout=60).status_code == 200
+        assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 401
+    finally:
+        key_file.write_text(KEY + "\n")
+    assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
+    assert "rotated-key" not in guarded.log() and KEY not in guarded.log()
 
 
 def _in_flight(url: str) -> float:

@@ -1,0 +1,140 @@
+"""The one request pipeline every protocol goes through.
+
+Why one object: authentication, readiness, model resolution, limits, admission and the
+counting of outcomes must mean the same on OpenAI, v2 REST, the generate extension, KServe v1
+and gRPC. The transports (the HTTP gate, the gRPC interceptor) call ``authenticate``,
+``check_ready``, ``resolve`` and ``call``; the protocol codecs turn their wire format into
+vLLM's typed requests through the engine adapter and hand the validated ``Work`` to ``admit``.
+
+    route -> authenticate -> lifecycle -> parse and validate once (engine adapter)
+          -> limits on validated values -> admission -> engine -> outcome -> metrics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from runtime import limits
+from runtime.admission import Admission
+from runtime.auth import ApiKey
+from runtime.errors import (
+    EngineUnavailableError,
+    ModelNotFoundError,
+    ServingError,
+    UnauthorizedError,
+)
+from runtime.lifecycle import Lifecycle, State
+from runtime.limits import Limits, Work
+from runtime.metrics import count_request, current_protocol
+
+logger = logging.getLogger(__name__)
+
+# The model label of requests that name no served model: one fixed value, so a client cannot
+# create a metric series per random name.
+OTHER_MODEL = "_other"
+
+
+def outcome_of(status: int) -> str:
+    """Classify a final status into the ``outcome`` label."""
+    if status < 400:
+        return "success"
+    if status in (429, 503):
+        return "rejected"
+    if status == 499:
+        return "aborted"
+    return "client_error" if status < 500 else "server_error"
+
+
+@dataclass
+class Call:
+    """One request in flight: its protocol, model label and outcome, counted once at the end."""
+
+    protocol: str
+    model: str
+    outcome: str | None = None  # set by the transport (status) or the route (mid-stream)
+    details: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, exc: ServingError) -> None:
+        """Record a failure that happened after the response status was sent (streams)."""
+        self.outcome = outcome_of(int(exc.http_status))
+
+
+class Pipeline:
+    """Shared by the HTTP gate, the gRPC interceptor and every protocol codec."""
+
+    def __init__(self, *, lifecycle: Lifecycle, admission: Admission, api_key: ApiKey,
+                 request_limits: Limits, served_names: list[str],
+                 protect_metrics: bool = False, operator_routes: bool = False) -> None:
+        self.lifecycle = lifecycle
+        self.admission = admission
+        self.api_key = api_key
+        self.limits = request_limits
+        self.served_names = list(served_names)
+        self.protect_metrics = protect_metrics
+        self.operator_routes = operator_routes
+
+    @property
+    def default_model(self) -> str:
+        return self.served_names[0]
+
+    # ---- the steps ----
+
+    def authenticate(self, authorization: str | bytes | None) -> None:
+        """Raise ``UnauthorizedError`` unless the Bearer key (if one is set) was sent."""
+        if not self.api_key.accepts(authorization):
+            raise UnauthorizedError("missing or invalid API key")
+
+    def check_ready(self) -> None:
+        """Raise ``EngineUnavailableError`` (503 + Retry-After) unless the engine serves."""
+        state = self.lifecycle.state
+        if state is State.READY:
+            return
+        err = EngineUnavailableError(f"model is not ready ({self.lifecycle.reason})")
+        err.retry_after = 5 if state in (State.LOADING, State.DRAINING) else 30
+        raise err
+
+    def resolve(self, name: str | None) -> str:
+        """The served model ``name`` refers to; ``ModelNotFoundError`` for any other."""
+        if name is None:
+            return self.default_model
+        if name not in self.served_names:
+            raise ModelNotFoundError(name)
+        return name
+
+    def label(self, name: str | None) -> str:
+        """A bounded metric label for a model name."""
+        if name is None:
+            return self.default_model
+        return name if name in self.served_names else OTHER_MODEL
+
+    def admit(self, work: Work) -> None:
+        """Limits on the validated request, then the overload bound."""
+        limits.check(self.limits, work)
+        self.admission.admit(work.engine_requests)
+
+    @contextlib.contextmanager
+    def call(self, protocol: str, model: str | None) -> Iterator[Call]:
+        """Track one inference request: in-flight gauge, protocol for the engine's timings,
+        and exactly one count of its outcome (``aborted`` if it was cancelled)."""
+        record = Call(protocol, self.label(model))
+        token = current_protocol.set(protocol)
+        self.admission.enter()
+        try:
+            yield record
+        except ServingError as exc:
+            record.outcome = record.outcome or outcome_of(int(exc.http_status))
+            raise
+        except asyncio.CancelledError:
+            record.outcome = record.outcome or "aborted"
+            raise
+        except Exception:
+            record.outcome = record.outcome or "server_error"
+            raise
+        finally:
+            self.admission.leave()
+            current_protocol.reset(token)
+            count_request(record.model, record.protocol, record.outcome or "server_error")

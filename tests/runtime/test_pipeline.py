@@ -1,0 +1,159 @@
+"""Unit tier: the pipeline's steps on every protocol, through the assembled app with a fake
+engine: keys, readiness, model resolution, limits on validated values, error shapes, and one
+count of every request with a bounded model label."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from runtime.lifecycle import State
+from tests.support.app import Assembled, assemble
+
+CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}
+V2 = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["a b"]}]}
+
+
+def send(assembled: Assembled, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=assembled.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.request(method, path, json=body, headers=headers)
+
+    return asyncio.run(go())
+
+
+def requests_total(**labels: str) -> float:
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name != "kserve_llm_requests":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and all(
+                    sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+INFERENCE = [
+    ("/openai/v1/chat/completions", CHAT),
+    ("/v1/completions", {"model": "smollm2", "prompt": "hi"}),
+    ("/v2/models/smollm2/infer", V2),
+    ("/v2/models/smollm2/generate", {"text_input": "a b"}),
+    ("/v2/models/smollm2/generate_stream", {"text_input": "a b"}),
+    ("/v1/models/smollm2:predict", {"instances": ["a b"]}),
+]
+
+
+@pytest.mark.parametrize("path,body", INFERENCE)
+def test_every_inference_route_answers(path: str, body: Any) -> None:
+    r = send(assemble(), "POST", path, body)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path,body", INFERENCE)
+def test_key_required_with_protocol_shape(path: str, body: Any) -> None:
+    assembled = assemble(api_key="k")
+    r = send(assembled, "POST", path, body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    error = r.json()["error"]
+    message = error["message"] if path.endswith("completions") else error
+    assert message == "missing or invalid API key"
+    assert send(assembled, "POST", path, body, {"authorization": "Bearer k"}).status_code == 200
+
+
+def test_key_not_required_on_health_and_unprotected_metrics() -> None:
+    assembled = assemble(api_key="k")
+    for path in ("/", "/v2/health/live", "/v2/health/ready", "/v2/models/smollm2/ready",
+                 "/v1/models/smollm2", "/metrics"):
+        assert send(assembled, "GET", path).status_code == 200, path
+    for path in ("/v2", "/v2/models/smollm2", "/openai/v1/models", "/v1/models"):
+        assert send(assembled, "GET", path).status_code == 401, path
+    assert send(assemble(api_key="k", protect_metrics=True), "GET", "/metrics").status_code == 401
+
+
+@pytest.mark.parametrize("state,retry", [(State.LOADING, "5"), (State.DRAINING, "5"),
+                                         (State.DEAD, "30")])
+def test_not_ready_is_503_with_retry_after(state: State, retry: str) -> None:
+    assembled = assemble(state=state)
+    for path, body in INFERENCE:
+        r = send(assembled, "POST", path, body)
+        assert r.status_code == 503 and r.headers["retry-after"] == retry, path
+    assert not assembled.engine.submitted
+
+
+def test_limits_read_validated_values_on_every_protocol() -> None:
+    assembled = assemble(limits={"max_n": 2})
+    for body in ({**CHAT, "n": "3"}, {**CHAT, "n": 3.0}):
+        r = send(assembled, "POST", "/openai/v1/chat/completions", body)
+        assert r.status_code == 400 and "--max_n" in r.json()["error"]["message"], r.text
+    assembled = assemble(limits={"max_tokens": 10})
+    for path, body in [("/openai/v1/completions",
+                        {"model": "smollm2", "prompt": "a", "max_tokens": "11"}),
+                       ("/v2/models/smollm2/generate",
+                        {"text_input": "a", "parameters": {"max_tokens": 11.0}}),
+                       ("/v1/models/smollm2:predict",
+                        {"instances": ["a"], "parameters": {"max_tokens": "11"}})]:
+        r = send(assembled, "POST", path, body)
+        assert r.status_code == 400 and "--max_tokens_limit" in r.text, (path, r.text)
+    assert not assembled.engine.submitted
+
+
+def test_omitted_max_tokens_gets_the_cap() -> None:
+    assembled = assemble(limits={"max_tokens": 10, "default_max_tokens": 4})
+    r = send(assembled, "POST", "/openai/v1/chat/completions", CHAT)
+    assert r.status_code == 200 and r.json()["max_tokens"] == 4
+
+
+def test_unknown_models_share_one_label_and_are_counted_once() -> None:
+    assembled = assemble()
+    before = requests_total(model="_other")
+    for name in ("x1", "x2", "x3"):
+        r = send(assembled, "POST", f"/v2/models/{name}/generate", {"text_input": "a"})
+        assert r.status_code == 404 and name in r.json()["error"]
+    assert requests_total(model="_other") - before == 3
+    assert requests_total(model="x1") == 0
+    before = requests_total(protocol="v2-generate")
+    send(assembled, "POST", "/v2/models/smollm2/generate", {"text_input": "a"})
+    assert requests_total(protocol="v2-generate") - before == 1
+
+
+def test_oversized_body_is_413_in_the_protocol_shape() -> None:
+    assembled = assemble(max_request_bytes=1000)
+    big = {"model": "smollm2", "prompt": "x" * 2000}
+    r = send(assembled, "POST", "/openai/v1/completions", big)
+    assert r.status_code == 413 and r.json()["error"]["code"] == 413
+    assert "--max_request_bytes" in r.json()["error"]["message"]
+    r = send(assembled, "POST", "/v2/models/smollm2/generate", {"text_input": "x" * 2000})
+    assert r.status_code == 413 and "--max_request_bytes" in r.json()["error"]
+
+
+@pytest.mark.parametrize("path,body,needle", [
+    ("/v2/models/smollm2/generate", [1, 2], "JSON object"),
+    ("/v2/models/smollm2/generate", {"text_input": 5}, "must be a string"),
+    ("/v2/models/smollm2/generate", {"text_input": "a", "parameters": []}, "JSON object"),
+    ("/v1/models/smollm2:predict", {"instances": "a"}, "non-empty list"),
+    ("/v1/models/smollm2:predict", {"instances": [1]}, "strings"),
+    ("/openai/v1/chat/completions", {"model": "smollm2"}, "messages"),
+    ("/openai/v1/chat/completions", {"model": "nosuch", "messages": []}, "nosuch"),
+])
+def test_bad_input_is_4xx_in_shape(path: str, body: Any, needle: str) -> None:
+    r = send(assemble(), "POST", path, body)
+    assert 400 <= r.status_code < 500, r.text
+    error = r.json()["error"]
+    assert needle in (error["message"] if isinstance(error, dict) else error)
+
+
+def test_websocket_scope_is_refused() -> None:
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(assemble().app) as client, pytest.raises(WebSocketDisconnect):
+        with client.websocket_connect("/openai/v1/realtime") as ws:
+            ws.receive_text()
