@@ -47,7 +47,7 @@ lint: install
 
 # The fast tier: codecs, limits, routes, errors and the pipeline on a fake engine; no vLLM
 # engine is started (tests that start one are marked `slow`).
-unit: install
+unit: install model
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test: install model lint unit

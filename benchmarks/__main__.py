@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks import cli, sidebyside
 from benchmarks.compare import compare_points, comparison_markdown
-from benchmarks.servers import stop_on_sigterm
+from deployment.processes import stop_on_sigterm
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -86,8 +86,7 @@ def _sse_messages(buffer: str) -> tuple[list[str], str]:
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                   record: RequestRecord, on_event: Callable[[dict[str, Any], float], None]) -> None:
-    record.start = time.perf_counter()
-    record.wall_start = time.time()
+    record.begin()
     async with session.post(url, json=body) as resp:
         record.status = resp.status
         if resp.status != 200:
@@ -183,8 +182,7 @@ async def v2_generate_stream(session: Any, target: Target, prompt: Prompt, sampl
 
 async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
                      record: RequestRecord, extract: Callable[[dict[str, Any]], str]) -> None:
-    record.start = time.perf_counter()
-    record.wall_start = time.time()
+    record.begin()
     async with session.post(url, json=body) as resp:
         record.status = resp.status
         payload = await resp.read()
@@ -192,13 +190,7 @@ async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, A
     if record.status != 200:
         record.error = f"HTTP {record.status}: {payload[:300].decode(errors='replace')}"
         return
-    obj = json.loads(payload)
-    record.text = extract(obj)
-    if not record.text:
-        record.error = "response without output text"
-        return
-    record.chunk_times = [record.end]
-    record.success = True
+    record.answered(extract(json.loads(payload)))
 
 
 async def v2_generate(session: Any, target: Target, prompt: Prompt, sampling: Sampling,

@@ -1,8 +1,8 @@
 """v2 gRPC ModelInfer, timed like the other non-streamed APIs.
 
 Why a module of its own: ``tritonclient.grpc`` registers the ``inference`` protobuf package,
-which clashes with kserve's in one process (FACTS.md); it is imported only when ``v2-grpc``
-is benchmarked, and this package never imports kserve.
+which clashes with kserve's in one process (docs/platform-notes.md); it is imported only
+when ``v2-grpc`` is benchmarked, and this package never imports kserve.
 """
 
 from __future__ import annotations
@@ -34,17 +34,11 @@ async def v2_grpc(client: Any, target: Target, prompt: Prompt, sampling: Samplin
     tensor = grpcclient.InferInput("text_input", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([prompt.text.encode()], dtype=np.object_))
     wanted = [grpcclient.InferRequestedOutput("text_output")]
-    record.start = time.perf_counter()
-    record.wall_start = time.time()
+    record.begin()
     result = await client.infer(target.model, [tensor], outputs=wanted,
                                 parameters=sampling.params(prompt.output_len))
     record.end = time.perf_counter()
+    record.status = 200  # the RPC succeeded (an error raises)
     out = result.as_numpy("text_output")
     text = out.reshape(-1)[0] if out is not None and out.size else b""
-    record.text = text.decode() if isinstance(text, bytes) else str(text)
-    if not record.text:
-        record.error = "response without output text"
-        return
-    record.chunk_times = [record.end]
-    record.status = 200
-    record.success = True
+    record.answered(text.decode() if isinstance(text, bytes) else str(text))

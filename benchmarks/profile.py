@@ -28,13 +28,16 @@ from typing import Any
 from benchmarks.clients import Target
 from benchmarks.load import Load
 from benchmarks.runner import RunPlan, run
-from benchmarks.servers import ManagedServer, runtime_server, stop_on_sigterm, vllm_server
-from benchmarks.sidebyside import DEFAULT_ENGINE_ARGS, free_port
+from benchmarks.servers import runtime_server, vllm_server
+from benchmarks.sidebyside import DEFAULT_ENGINE_ARGS
 from benchmarks.workload import load_tokenizer, random_prompts
+from deployment.processes import ServerProcess, free_port, stop_on_sigterm
 
+# This checkout's runtime package: its frames carry this absolute path.
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 # Package of a frame's file, for the share-of-samples table (first match wins).
 CATEGORIES = (
-    ("runtime (this project)", re.compile(r"/work/main/runtime/|[( ]runtime/")),
+    ("runtime (this project)", re.compile(re.escape(f"{RUNTIME_DIR}/") + r"|[( ]runtime/")),
     ("kserve", re.compile(r"kserve/")),
     ("vllm entrypoints (OpenAI serving)", re.compile(r"vllm/entrypoints/")),
     ("vllm engine client / output processing", re.compile(r"vllm/v1/engine/|vllm/v1/metrics")),
@@ -105,14 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     model_dir = str(Path(a.model_dir).resolve())
-    server: ManagedServer = (
+    server: ServerProcess = (
         runtime_server(model_dir, a.served_model_name, engine_args, free_port(), free_port(),
                        a.out / "logs") if a.server == "runtime" else
         vllm_server(model_dir, a.served_model_name, engine_args, free_port(), a.out / "logs"))
     server.start()
     try:
-        assert server.proc is not None
-        front = server.proc.pid
+        front = server.pid
         engine = descendants(front)
         tokenizer = load_tokenizer(model_dir)
         prompts = random_prompts(tokenizer, a.num_prompts + 4, a.input_len, a.output_len, 7)

@@ -7,6 +7,7 @@ stamps times, and the same math is unit-tested on synthetic records.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +40,21 @@ class RequestRecord:
     status: int = 0
     text: str = ""
     wall_start: float = 0.0
+
+    def begin(self) -> None:
+        """Stamp the start of the request (``perf_counter`` and wall clock), just before sending."""
+        self.start = time.perf_counter()
+        self.wall_start = time.time()
+
+    def answered(self, text: str) -> None:
+        """A non-streamed answer with ``text`` arrived at ``end``: its single chunk; an empty
+        answer is a failure."""
+        self.text = text
+        if not text:
+            self.error = "response without output text"
+            return
+        self.chunk_times = [self.end]
+        self.success = True
 
     @property
     def ttft(self) -> float:

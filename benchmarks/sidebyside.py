@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 from pathlib import Path
 
 from benchmarks.cli import add_load_flags, execute
 from benchmarks.clients import Target
-from benchmarks.servers import ManagedServer, runtime_server, settings_differences, vllm_server
+from benchmarks.servers import runtime_server, server_info, settings_differences, vllm_server
+from deployment.processes import ServerProcess, free_port
 
 # The runtime's CPU defaults, passed explicitly to both servers when no engine args are given.
 DEFAULT_ENGINE_ARGS = ["--dtype=float32", "--enforce-eager", "--max-model-len=2048"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
@@ -43,17 +37,18 @@ def cmd_side_by_side(args: argparse.Namespace, engine_args: list[str]) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
-    servers: list[ManagedServer] = [
-        vllm_server(model_dir, args.served_model_name, engine_args, free_port(), logs),
+    timeout = args.startup_timeout
+    servers: list[ServerProcess] = [
+        vllm_server(model_dir, args.served_model_name, engine_args, free_port(), logs, timeout),
         runtime_server(model_dir, args.served_model_name, engine_args, free_port(),
-                       free_port(), logs),
+                       free_port(), logs, timeout),
     ]
     try:
         for s in servers:
-            print(f"starting {s.name}: {' '.join(s.command)}", flush=True)
-            s.start(timeout=args.startup_timeout)
+            print(f"starting {s.name}: {' '.join(s.argv)}", flush=True)
+            s.start()
             print(f"{s.name} ready after {s.ready_s:.1f} s", flush=True)
-        info = {s.name: s.info() for s in servers}
+        info = {s.name: server_info(s) for s in servers}
         diffs = settings_differences(info["runtime"]["engine_settings"],
                                      info["vllm"]["engine_settings"])
         if diffs and not args.allow_different_settings:

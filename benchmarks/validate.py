@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,8 +37,9 @@ import httpx
 from benchmarks.clients import Target
 from benchmarks.load import Load
 from benchmarks.runner import RunPlan, run
-from benchmarks.servers import server_env, stop_on_sigterm, vllm_server
+from benchmarks.servers import vllm_server
 from benchmarks.workload import Prompt, load_tokenizer, random_prompts
+from deployment.processes import engine_env, free_port, stop_on_sigterm
 
 COMPARED = ("output_throughput", "median_ttft_ms")
 
@@ -58,7 +58,7 @@ def start_theirs(a: argparse.Namespace, url: str, seed: int, concurrency: int, w
                           prompts_jsonl=str(prompts_jsonl) if prompts_jsonl else None)
     log = out.with_suffix(".log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "benchmarks.baseline", str(out), "--",
-                             *flags], env=server_env(), stdout=log, stderr=subprocess.STDOUT)
+                             *flags], env=engine_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def finish_theirs(proc: subprocess.Popen[bytes], out: Path) -> dict[str, Any]:
@@ -203,15 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     server = None
     if a.url is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         # No prefix caching: with --prompts same, the harness that goes second would
         # otherwise find every prompt cached and report a shorter TTFT for that alone.
         server = vllm_server(str(Path(a.model_dir).resolve()), a.served_model_name,
                              ["--dtype=float32", "--enforce-eager", "--max-model-len=2048",
                               "--no-enable-prefix-caching"],
-                             port, a.out / "logs")
+                             free_port(), a.out / "logs")
         server.start()
     url = a.url or server.url  # type: ignore[union-attr]
     try:

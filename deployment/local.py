@@ -25,6 +25,7 @@ from typing import Any
 from deployment.manifests import ContainerPlan, ManifestError
 from deployment.probes import PROBE_KINDS, ProbeResult, budget_seconds, run_probe
 from deployment.processes import ChildProcess, free_port
+from runtime.auth import redact_argv
 
 MODEL_MOUNT = "/mnt/models"
 _PORT_FLAG = re.compile(r"^--[\w-]*port$")
@@ -223,7 +224,7 @@ class LocalDeployment:
             for c in group:
                 if component == "explainer":
                     self._point_at_predictor(c)
-                self.echo(f"[{c.name}] {' '.join(c.argv)}")
+                self.echo(f"[{c.name}] {' '.join(redact_argv(c.argv))}")
                 self.echo(f"[{c.name}]   ports {c.port_map}  log {c.process.log_path}")
                 c.process.start()
             self.wait_started(group)
@@ -250,7 +251,7 @@ class LocalDeployment:
         """Start one container (for callers that order start-up themselves, e.g. tests)."""
         if c.plan.component == "explainer":
             self._point_at_predictor(c)
-        self.echo(f"[{c.name}] {' '.join(c.argv)}")
+        self.echo(f"[{c.name}] {' '.join(redact_argv(c.argv))}")
         c.process.start()
 
     def wait_started(self, group: Sequence[LocalContainer], timeout: float | None = None) -> None:

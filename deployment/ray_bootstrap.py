@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 
 from deployment.processes import free_port, group_members
+from runtime.auth import redact_argv
 
 LOG_PREFIX = "ray_bootstrap:"
 
@@ -149,7 +150,7 @@ def head(argv: Sequence[str]) -> int:
     pp = int(os.environ.get("PIPELINE_PARALLEL_SIZE", 1))
     cmd = runtime_command(runtime_args, tp, pp, backend)
     env = {**os.environ, "RAY_ADDRESS": address}
-    log(f"starting the runtime: {' '.join(cmd)}")
+    log(f"starting the runtime: {' '.join(redact_argv(cmd))}")
     sys.stdout.flush()
     os.execve(cmd[0], cmd, env)
     return 1  # not reached

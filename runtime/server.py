@@ -78,8 +78,20 @@ class Supervisor:
         self.model_server.stop(sig)  # gRPC server stop + model unload -> request_stop()
         self.stopping.set()
 
+    async def _listeners_up(self, timeout: float = 30.0) -> None:
+        """Wait until the HTTP server listens, so that it answers 503 (not a refused
+        connection) while the engine loads."""
+        rest = getattr(self.model_server, "_rest_server", None)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while rest is None or not rest._server.started:
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.05)
+            rest = getattr(self.model_server, "_rest_server", None)
+
     async def run(self) -> None:
         """Start the engine, then watch its health until shutdown."""
+        await self._listeners_up()
         await self.engine.start()
         self.lifecycle.set(State.READY, "engine answered")
         self._install_signals()

@@ -21,10 +21,7 @@ import csv
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,9 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 import psutil
+
+from deployment.processes import ServerProcess, free_port, runtime_command, stop_on_sigterm
+from runtime.auth import redact_argv
 
 PROTOCOLS = ("openai-chat", "openai-chat-stream", "openai-completions", "v2-infer", "generate",
              "generate-stream", "grpc-infer")
@@ -339,47 +339,22 @@ def plot(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> Non
     plt.close(fig)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    """``python -m runtime`` on free loopback ports, in its own process group; waits for ready."""
+def start_server(args: argparse.Namespace) -> ServerProcess:
+    """``python -m runtime`` on free loopback ports, in its own session; waits for ready."""
     http_port, args.grpc_port = free_port(), free_port()
     args.url = f"http://127.0.0.1:{http_port}"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
-           "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "runtime", f"--model_name={args.model}",
-           f"--model_dir={args.model_dir}", f"--http_port={http_port}",
-           f"--grpc_port={args.grpc_port}", *args.server_arg]
-    log = open(args.server_log, "wb")  # noqa: SIM115 - lives as long as the server
-    print("starting:", " ".join(cmd), f"(log: {args.server_log})", flush=True)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see {args.server_log}")
-        try:
-            if httpx.get(args.url + "/v2/health/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop_server(proc)
-    raise SystemExit("server not ready after 900 s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+    server = ServerProcess(
+        runtime_command(model_dir=args.model_dir, model_name=args.model, http_port=http_port,
+                        grpc_port=args.grpc_port, extra=args.server_arg),
+        port=http_port, grpc_port=args.grpc_port, name="soak-server",
+        log_path=args.server_log, startup_timeout=900, poll_interval=1.0,
+        cwd=Path(__file__).resolve().parents[1])
+    print("starting:", " ".join(redact_argv(server.argv)), f"(log: {args.server_log})",
+          flush=True)
+    try:
+        return server.start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -424,6 +399,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()  # a SIGTERM still stops the server started with --start
     server = start_server(args) if args.start else None
     if server is not None:
         args.pid = server.pid
@@ -433,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, stats, elapsed = asyncio.run(soak(args))
     finally:
         if server is not None:
-            stop_server(server)
+            server.stop(timeout=30)  # the predictor drains in-flight requests first
     summary = summarize(args, rows, stats, elapsed)
     write_outputs(Path(args.out), rows, summary)
     print(json.dumps({k: summary[k] for k in ("start", "after_warmup", "end",

@@ -1,6 +1,7 @@
 """Session-wide fixtures: one real predictor process shared by every test that needs one.
 
 Tests that must kill or restart a server start their own with ``tests.support.server``.
+Tiers, switches and how to run against a server you already run: tests/README.md.
 """
 
 from __future__ import annotations
@@ -41,3 +42,13 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's predictor is ``slow`` even if its module forgot the
+    marker: the fast tier (``-m "not slow"``, ``make unit``) must never start an engine."""
+    for item in items:
+        if "predictor" in getattr(item, "fixturenames", ()) and \
+                item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +27,12 @@ from benchmarks.workload import (
     random_prompts,
     sharegpt_prompts,
 )
+from deployment.processes import free_port
+from tests.support.server import DEFAULT_MODEL_DIR
 
 TOKENS = 5
 GAP = 0.02
-MODEL_DIR = Path(__file__).resolve().parents[2] / ".models" / "smollm2"
+MODEL_DIR = DEFAULT_MODEL_DIR
 
 
 def _fake_app(fail_every: int) -> web.Application:
@@ -81,9 +82,7 @@ def _fake_app(fail_every: int) -> web.Application:
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(_fake_app(fail_every=7))
     loop.run_until_complete(runner.setup())

@@ -25,8 +25,6 @@ from deployment.local import LocalDeployment, StartupError
 from deployment.manifests import Manifest, find_isvc, load_manifests, plan
 from tests.deployment.conftest import REPO, RUNTIMES_DIR, example, runtimes
 
-pytestmark = pytest.mark.slow
-
 # The test machine has little memory to spare: a small KV cache for every predictor.
 LOCAL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 FACTS = "Alice lives in Paris. Bob lives in Rome. Where does Bob live?"
@@ -93,6 +91,7 @@ def knative_cpu() -> Iterator[LocalDeployment]:
     _stop(dep)
 
 
+@pytest.mark.slow
 class TestStandardCpu:
     def test_every_probe_answers_on_its_path_and_port(self, standard_cpu) -> None:
         assert_all_probes_passed(standard_cpu)
@@ -127,6 +126,7 @@ class TestStandardCpu:
         assert_explains(standard_cpu.component_url("explainer"), "smollm2")
 
 
+@pytest.mark.slow
 class TestKnativeCpu:
     def test_every_probe_answers_on_its_path_and_port(self, knative_cpu) -> None:
         assert_all_probes_passed(knative_cpu)
@@ -140,6 +140,7 @@ class TestKnativeCpu:
         assert_explains(knative_cpu.component_url("explainer"), "smollm2-knative")
 
 
+@pytest.mark.slow
 def test_gpu_example_runs_its_command_and_probes_on_this_cpu() -> None:
     """The GPU runtime's command, arguments and probes, run by the CPU build of vLLM."""
     dep = _start(example("qwen-standard-gpu"), ("predictor",))

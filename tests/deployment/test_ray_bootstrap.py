@@ -79,6 +79,7 @@ def test_head_waits_for_the_worker_then_serves(model_dir: str) -> None:
     assert all(session_members(sid) == [] for sid in sessions), "Ray processes left behind"
 
 
+@pytest.mark.slow  # a real Ray head (GCS, raylet, dashboard agent)
 def test_head_fails_clearly_when_a_worker_never_joins(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, **RAY_ENV, "RAY_NODE_COUNT": "2", "RAY_PORT": str(port),

@@ -118,7 +118,8 @@ STREAM_BAD_INPUT = [
 @pytest.mark.parametrize("body", STREAM_BAD_INPUT)
 def test_generate_stream_rejects_bad_input_before_streaming(predictor: ServerProcess,
                                                             body: dict[str, Any]) -> None:
-    """DESIGN: bad input is a 4xx before the stream starts; the same body on /generate is."""
+    """Bad input is a 4xx before the stream starts (docs/design.md, "Contract"), as the same
+    body on /generate is."""
     plain = post(predictor.url + GENERATE, body)
     assert plain.status_code == 400, plain.text  # the non-streamed route gets it right
     assert_client_error(STREAM, post(predictor.url + STREAM, body))

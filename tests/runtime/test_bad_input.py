@@ -10,6 +10,8 @@ import pytest
 
 from tests.runtime.conftest import MODEL, assert_still_serving, v2_body
 
+pytestmark = pytest.mark.slow
+
 LONG = "hello " * 3000  # ~3000 tokens: longer than the test server's 2048-token context
 
 INFER_CASES = [

@@ -8,9 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
+import pytest
 
 from tests.runtime.conftest import MODEL, v2_body
 from tests.runtime.test_grpc import grpc_infer
+
+pytestmark = pytest.mark.slow
 
 PROMPT = "The three primary colors are"
 PARAMS = {"max_tokens": 16, "temperature": 0}

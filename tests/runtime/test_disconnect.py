@@ -14,6 +14,8 @@ import pytest
 
 from tests.runtime.conftest import MODEL, v2_body
 
+pytestmark = pytest.mark.slow
+
 LONG = {"max_tokens": 1000, "ignore_eos": True, "temperature": 0}
 
 

@@ -9,8 +9,11 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.support.server import start_runtime
+
+pytestmark = pytest.mark.slow
 
 STREAMS = 16
 MAX_TOKENS = 128  # long enough that no stream can finish before the last one starts

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.server import start_runtime
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def minilm():

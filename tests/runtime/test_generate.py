@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.runtime.conftest import MODEL, QUESTION
+
+pytestmark = pytest.mark.slow
 
 
 def stream_events(http: httpx.Client, body: dict) -> list[dict]:

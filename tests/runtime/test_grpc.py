@@ -1,5 +1,5 @@
 """gRPC v2 with kserve's InferenceGRPCClient, and with tritonclient.grpc in a subprocess
-(the two register the same protobuf symbols and cannot share a process; FACTS.md)."""
+(the two register the same protobuf symbols and cannot share a process; docs/platform-notes.md)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,16 @@ def test_grpc_health_and_metadata(predictor) -> None:
             await client.close()
 
     assert asyncio.run(go()) == (True, True, True)
+    stub, pb = grpc_stub(predictor.grpc_port)
+    server = stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=30)
+    assert server.name == "kserve" and "generate" in server.extensions
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=MODEL), timeout=30)
+    assert meta.name == MODEL
+    assert [(t.name, t.datatype) for t in meta.inputs][0] == ("text_input", "BYTES")
+    assert "text_output" in [t.name for t in meta.outputs]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.value.details()
 
 
 @pytest.mark.parametrize("kwargs,code,needle", [
@@ -83,7 +93,8 @@ def test_grpc_health_and_metadata(predictor) -> None:
     ({"prompts": ["hello " * 3000]}, grpc.StatusCode.INVALID_ARGUMENT, "context"),
     ({"input_name": "prompt"}, grpc.StatusCode.INVALID_ARGUMENT, "text_input"),
     ({"params": {"max_token": 3}}, grpc.StatusCode.INVALID_ARGUMENT, "max_token"),
-    ({"prompts": ["x" * (9 * 1024 * 1024)]}, grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    ({"prompts": ["x" * (9 * 1024 * 1024)]}, grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "larger than max"),
 ])
 def test_grpc_bad_input(predictor, http, kwargs: dict, code, needle: str) -> None:
     from tests.runtime.conftest import assert_still_serving
@@ -107,6 +118,15 @@ TRITON_GRPC_SCRIPT = textwrap.dedent("""
     r = c.infer("smollm2", [i], parameters={"max_tokens": 20, "temperature": 0.0,
                                              "apply_chat_template": True})
     print(r.as_numpy("text_output")[0].decode())
+    # tritonclient sends Python floats as Triton's double_param: 0.0 must arrive, not be
+    # dropped (the model's default would sample). Same text twice at 0.0; seeds differ at 1.0.
+    story = g.InferInput("text_input", [1], "BYTES")
+    story.set_data_from_numpy(np.array([b"Once upon a time, a dragon"], dtype=object))
+    def text(**params):
+        r = c.infer("smollm2", [story], parameters={"max_tokens": 30, **params})
+        return r.as_numpy("text_output")[0].decode()
+    print("GREEDY-SAME", text(temperature=0.0) == text(temperature=0.0))
+    print("SEEDS-DIFFER", text(temperature=1.0, seed=1) != text(temperature=1.0, seed=2))
 """)
 
 
@@ -116,3 +136,4 @@ def test_tritonclient_grpc(predictor) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+    assert "GREEDY-SAME True" in out.stdout and "SEEDS-DIFFER True" in out.stdout, out.stdout

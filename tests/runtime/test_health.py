@@ -10,8 +10,11 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 from tests.support.server import start_runtime
+
+pytestmark = pytest.mark.slow
 
 LONG = {"max_tokens": 1000, "ignore_eos": True}
 

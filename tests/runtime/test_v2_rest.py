@@ -6,9 +6,12 @@ import asyncio
 
 import httpx
 import numpy as np
+import pytest
 import tritonclient.http as triton_http
 
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
+
+pytestmark = pytest.mark.slow
 
 PROMPTS = ["What is the capital of France?", "What is the capital of Germany?"]
 
@@ -46,11 +49,18 @@ def test_kserve_rest_client_two_prompts(predictor) -> None:
 def test_stop_and_max_tokens_mean_the_same(http: httpx.Client) -> None:
     r = http.post(f"/v2/models/{MODEL}/infer",
                   json=v2_body(["1, 2, 3, 4,"], max_tokens=20, temperature=0, stop="7"))
+    assert r.status_code == 200, r.text
     text = r.json()["outputs"][0]["data"][0]
     assert "5" in text and "7" not in text
     default = http.post(f"/v2/models/{MODEL}/infer", json=v2_body(["1, 2, 3, 4,"], temperature=0))
-    # Default max_tokens is the OpenAI completions default (16), so the text is bounded.
-    assert 0 < len(default.json()["outputs"][0]["data"][0].split(",")) <= 17
+    assert default.status_code == 200, default.text
+    # The default max_tokens is the OpenAI completions default (16): the same text, the same
+    # 16 tokens, as OpenAI completions without max_tokens.
+    oai = http.post("/openai/v1/completions",
+                    json={"model": MODEL, "prompt": "1, 2, 3, 4,", "temperature": 0})
+    assert oai.status_code == 200, oai.text
+    assert oai.json()["usage"]["completion_tokens"] == 16
+    assert default.json()["outputs"][0]["data"][0] == oai.json()["choices"][0]["text"]
 
 
 def test_metadata_describes_tensors_and_parameters(http: httpx.Client) -> None:

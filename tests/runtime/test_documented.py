@@ -1,0 +1,192 @@
+"""README claims that need a server configured differently, on one such server: HTTPS
+(``--ssl_certfile``/``--ssl_keyfile``), served aliases (extra ``--served-model-name``), the key
+from ``$API_KEY``, ``--protect_metrics``, 503 + Retry-After while the engine loads, request ids
+on log lines, prompts and outputs not logged, the in-flight gauge, and the drain's cut-off
+(503 on OpenAI and gRPC while draining, the process gone after ``--drain_timeout``)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from deployment.processes import ChildProcess
+from tests.runtime.conftest import QUESTION
+from tests.support.server import ServerProcess, engine_env, free_port, runtime_command
+
+pytestmark = pytest.mark.slow
+
+KEY = "env-key-123"
+AUTH = {"authorization": f"Bearer {KEY}"}
+SECRET_PROMPT = "zebra-unicorn-7731 tell me a story"
+DRAIN_TIMEOUT = 4
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no network, no openssl binary)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class Started:
+    """The server, its HTTPS client, and what was seen while it loaded."""
+
+    def __init__(self, server: ServerProcess, client: httpx.Client,
+                 loading: list[httpx.Response]) -> None:
+        self.server, self.client, self.loading = server, client, loading
+
+
+@pytest.fixture(scope="module")
+def tls_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
+    http_port, grpc_port = free_port(), free_port()
+    server = ServerProcess(
+        runtime_command(model_dir=model_dir, http_port=http_port, grpc_port=grpc_port, extra=[
+            "--max-model-len=1024", "--served-model-name", "smollm2", "alias-two",
+            f"--ssl_certfile={cert}", f"--ssl_keyfile={key}", "--protect_metrics=true",
+            f"--drain_timeout={DRAIN_TIMEOUT}"]),
+        port=http_port, env=engine_env({"API_KEY": KEY}), name="tls", grpc_port=grpc_port)
+    ChildProcess.start(server)  # launch only: the test watches it load
+    client = httpx.Client(base_url=f"https://127.0.0.1:{http_port}", verify=str(cert),
+                          timeout=120)
+    loading: list[httpx.Response] = []
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            assert server.proc is not None and server.proc.poll() is None, server.log()[-3000:]
+            try:
+                ready = client.get("/v2/health/ready", timeout=3)
+                if ready.status_code == 200:
+                    break
+                loading.append(client.post("/v2/models/smollm2/generate", headers=AUTH,
+                                           json={"text_input": "hi"}, timeout=3))
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the HTTPS server never became ready")
+        yield Started(server, client, loading)
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_503_with_retry_after_while_the_engine_loads(tls_server: Started) -> None:
+    """Whatever was answered before the engine was ready was a 503 with Retry-After. (vLLM's
+    engine construction blocks the event loop for stretches of the start-up, so on a busy
+    machine no request may be answered before ready; the unit tier checks the 503 itself:
+    tests/runtime/test_pipeline.py::test_not_ready_is_503_with_retry_after.)"""
+    if not tls_server.loading:
+        pytest.skip("no request was answered while the engine loaded (event loop blocked)")
+    for r in tls_server.loading:
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert "not ready" in r.json()["error"]
+
+
+def test_https_alias_env_key_and_protected_metrics(tls_server: Started) -> None:
+    client = tls_server.client
+    assert client.get("/openai/v1/models").status_code == 401  # the key came from $API_KEY
+    models = client.get("/openai/v1/models", headers=AUTH).json()
+    assert {m["id"] for m in models["data"]} >= {"smollm2", "alias-two"}
+    for name in ("smollm2", "alias-two"):
+        r = client.post("/openai/v1/chat/completions", headers=AUTH, json={
+            "model": name, "temperature": 0, "max_tokens": 20,
+            "messages": [{"role": "user", "content": QUESTION}]})
+        assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
+        r = client.post(f"/v2/models/{name}/generate", headers=AUTH, json={
+            "text_input": QUESTION, "parameters": {"max_tokens": 20, "temperature": 0,
+                                                    "apply_chat_template": True}})
+        assert r.status_code == 200 and "Paris" in r.json()["text_output"], name
+    assert client.get("/metrics").status_code == 401
+    metrics = client.get("/metrics", headers=AUTH)
+    assert metrics.status_code == 200
+    assert 'kserve_llm_requests_in_flight{model="smollm2"} 0.0' in metrics.text
+    assert 'kserve_llm_requests_total{model="alias-two"' in metrics.text
+    with pytest.raises(httpx.HTTPError):  # plain HTTP is not served on the TLS port
+        httpx.get(f"http://127.0.0.1:{tls_server.server.port}/v2/health/ready", timeout=5)
+
+
+def test_request_ids_on_log_lines_and_no_prompts_logged(tls_server: Started) -> None:
+    client = tls_server.client
+    r = client.post("/v2/models/smollm2/generate", headers={**AUTH, "x-request-id": "rid-4242"},
+                    json={"text_input": SECRET_PROMPT, "parameters": {"max_tokens": 0}})
+    assert r.status_code == 400 and r.headers["x-request-id"] == "rid-4242"
+    r = client.post("/v2/models/smollm2/generate", headers=AUTH,
+                    json={"text_input": SECRET_PROMPT, "parameters": {"max_tokens": 8}})
+    assert r.status_code == 200
+    output = r.json()["text_output"].strip()
+    time.sleep(0.5)
+    log = tls_server.server.log()
+    assert "[rid-4242]" in log  # the client error's one line carries the request id
+    assert "zebra-unicorn" not in log
+    assert len(output) < 8 or output not in log
+
+
+def _long_stream(client: httpx.Client, events: list[str]) -> None:
+    try:
+        with client.stream("POST", "/v2/models/smollm2/generate_stream", headers=AUTH, json={
+                "text_input": "Tell me a long story",
+                "parameters": {"max_tokens": 900, "ignore_eos": True}}) as r:
+            for line in r.iter_lines():
+                events.append(line)
+    except httpx.HTTPError as exc:
+        events.append(f"cut: {type(exc).__name__}")
+
+
+def test_drain_refuses_new_work_and_cuts_off_after_the_timeout(tls_server: Started) -> None:
+    """Last in this module: it stops the server."""
+    server, client = tls_server.server, tls_server.client
+    events: list[str] = []
+    streamer = threading.Thread(target=_long_stream, args=(client, events))
+    streamer.start()
+    deadline = time.monotonic() + 60
+    while not any(e.startswith("data:") for e in events) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.proc is not None
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    t0 = time.monotonic()
+    time.sleep(0.5)
+    r = client.post("/openai/v1/completions", headers=AUTH,
+                    json={"model": "smollm2", "prompt": "hi", "max_tokens": 2})
+    assert r.status_code == 503 and r.headers["retry-after"], r.text
+    assert r.json()["error"]["code"] == 503  # OpenAI's shape
+    from tests.runtime.test_grpc import grpc_infer
+
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_infer(server.grpc_port, ["hi"], {"max_tokens": 2}, metadata=list(AUTH.items()))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    server.proc.wait(timeout=DRAIN_TIMEOUT + 40)
+    elapsed = time.monotonic() - t0
+    streamer.join(30)
+    assert elapsed >= DRAIN_TIMEOUT - 1  # it waited for the stream...
+    # ...and cut it off: 900 tokens cannot have finished within the drain timeout
+    assert not any('"finish_reason": "length"' in e for e in events), events[-3:]
