@@ -25,6 +25,12 @@ class ClientError(ExplainerError):
     status = 400
 
 
+class Unauthorized(ExplainerError):
+    """The request lacks the explainer's API key (``--api_key``), or carries a wrong one."""
+
+    status = 401
+
+
 class PredictorError(ExplainerError):
     """The predictor answered with an error or an answer the explainer cannot use."""
 

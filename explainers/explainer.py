@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from explainers.errors import ClientError
-from explainers.faithfulness import deletion_test
-from explainers.features import prepare_prompt
+from explainers.faithfulness import deletion_test, deletion_test_cost
+from explainers.features import longest_token_chars, prepare_prompt
 from explainers.heatmap import render_heatmap
 from explainers.methods.base import AttributionTask, ExplanationMethod
 from explainers.predictor import PredictorClient, ScoreStats
@@ -25,11 +25,19 @@ DEFAULT_MAX_TOKENS = 64
 
 @dataclass
 class Limits:
-    """Server-side caps a request cannot raise."""
+    """Server-side caps a request cannot raise (each is a command-line flag).
+
+    ``max_budget``: forward passes per explanation, counting the baseline, the method and the
+    deletion test. ``max_prompt_tokens``: tokens of the rendered prompt plus the response (the
+    sequence every forward pass scores), checked before any feature is built.
+    ``max_instances``: explanations per request body.
+    """
 
     max_budget: int = 1024
     max_features: int = 1024
     max_new_tokens: int = 256
+    max_prompt_tokens: int = 2048
+    max_instances: int = 8
 
 
 class Explainer:
@@ -41,6 +49,7 @@ class Explainer:
         self.client = client
         self.methods = methods
         self.limits = limits or Limits()
+        self.longest_token = longest_token_chars(tokenizer)
 
     def describe(self) -> list[dict[str, Any]]:
         """The loaded methods, for the listing route."""
@@ -48,11 +57,27 @@ class Explainer:
 
     async def explain_body(self, body: Any) -> dict[str, Any]:
         """Answer an explain request body: one object, or KServe's ``{"instances": [...]}``."""
-        requests = [parse_request(obj) for obj in split_instances(body)]
+        objects = split_instances(body)
+        if len(objects) > self.limits.max_instances:
+            raise ClientError(f"'instances' holds {len(objects)} explain requests; the limit is "
+                              f"{self.limits.max_instances} (--max_instances)")
+        requests = [parse_request(obj) for obj in objects]
         for req in requests:
             self._method(req)  # refuse unknown methods before any work
         results = [await self.explain(req) for req in requests]
         return {"explanations": results}
+
+    def _response_ids(self, response: str, room: int) -> list[int]:
+        """The response's token ids; 400 when prompt and response exceed the token limit."""
+        limit = self.limits.max_prompt_tokens
+        if len(response) > max(room, 0) * self.longest_token:
+            raise ClientError(f"the response has {len(response)} characters: with the prompt it "
+                              f"cannot fit in {limit} tokens (--max_prompt_tokens)")
+        ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        if len(ids) > room:
+            raise ClientError(f"the prompt and the response have {limit - room + len(ids)} "
+                              f"tokens together; the limit is {limit} (--max_prompt_tokens)")
+        return ids
 
     def _method(self, req: ExplainRequest) -> ExplanationMethod:
         method = self.methods.get(req.method)
@@ -69,29 +94,44 @@ class Explainer:
         """One explanation."""
         started = time.perf_counter()
         method = self._method(req)
-        prompt = prepare_prompt(self.tokenizer, prompt=req.prompt, messages=req.messages,
-                                granularity=req.granularity)
+        limits = self.limits
+        # tokenizing and building features is CPU work: off the event loop, after a length
+        # check that refuses an oversized prompt before any feature is built
+        prompt = await asyncio.to_thread(
+            prepare_prompt, self.tokenizer, prompt=req.prompt, messages=req.messages,
+            granularity=req.granularity, max_tokens=limits.max_prompt_tokens,
+            longest_token=self.longest_token)
         n = len(prompt.features)
-        budget = int_param(req.params, "budget", self.limits.max_budget, minimum=1,
-                           maximum=self.limits.max_budget)
-        if n > self.limits.max_features:
+        budget = int_param(req.params, "budget", limits.max_budget, minimum=1,
+                           maximum=limits.max_budget)
+        if n > limits.max_features:
             raise ClientError(f"the prompt has {n} features at granularity "
-                              f"{req.granularity!r}; the limit is {self.limits.max_features}")
+                              f"{req.granularity!r}; the limit is {limits.max_features} "
+                              f"(--max_features); use a coarser granularity")
         cost = method.cost(n, req.params)
-        if cost > budget:
+        check = deletion_test_cost(n, req.params)
+        total = 1 + cost + check
+        if total > budget:
             raise ClientError(
                 f"method {req.method!r} needs {cost} forward passes for {n} features at "
-                f"granularity {req.granularity!r}, over the budget of {budget}; use a coarser "
-                f"granularity or raise params.budget (at most {self.limits.max_budget})")
+                f"granularity {req.granularity!r}; with the baseline (1) and the deletion test "
+                f"({check}) that is {total}, over the budget of {budget}; use a coarser "
+                f"granularity, lower params.faithfulness_trials or raise params.budget (at "
+                f"most {limits.max_budget}, --max_budget)")
         stats = ScoreStats()
         response = req.response
+        room = limits.max_prompt_tokens - len(prompt.ids)
         if response is None:
+            if room < 1:
+                raise ClientError(f"the prompt has {len(prompt.ids)} tokens: no room for an "
+                                  f"answer within {limits.max_prompt_tokens} tokens "
+                                  f"(--max_prompt_tokens)")
             max_tokens = int_param(req.params, "max_new_tokens", DEFAULT_MAX_TOKENS,
-                                   maximum=self.limits.max_new_tokens)
-            response = await self.client.generate(prompt.ids, max_tokens)
+                                   maximum=limits.max_new_tokens)
+            response = await self.client.generate(prompt.ids, min(max_tokens, room))
             if not response.strip():
                 raise ClientError("the predictor's answer is empty; pass a 'response' to explain")
-        response_ids = list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+        response_ids = await asyncio.to_thread(self._response_ids, response, room)
         [baseline] = await self.client.score([prompt.ids], response_ids, stats)
         task = AttributionTask(prompt=prompt, response_ids=response_ids, baseline=baseline,
                                params=req.params, client=self.client, stats=stats)

@@ -19,13 +19,28 @@ from explainers.request import int_param
 DEFAULT_TRIALS = 16
 
 
+def _k_and_trials(num_features: int, params: dict[str, Any]) -> tuple[int, int]:
+    default_k = max(1, round(0.2 * num_features))
+    k = min(int_param(params, "faithfulness_k", default_k, minimum=1), num_features)
+    trials = int_param(params, "faithfulness_trials", DEFAULT_TRIALS, minimum=1, maximum=256)
+    return k, trials
+
+
+def deletion_test_cost(num_features: int, params: dict[str, Any]) -> int:
+    """Most forward passes the deletion test sends: the top-k set and the random subsets.
+
+    Why: the test runs with every explanation, so its passes count against the request's
+    budget like the method's (sets already scored by the method are answered from memory,
+    so the real number can be lower, never higher).
+    """
+    k, trials = _k_and_trials(num_features, params)
+    return 1 + min(math.comb(num_features, k), trials)
+
+
 async def deletion_test(task: AttributionTask, seq_attr: list[float]) -> dict[str, Any]:
     """Top-k vs random-k deletion drops, scored in one batch through the predictor."""
     n = task.num_features
-    default_k = max(1, round(0.2 * n))
-    k = min(int_param(task.params, "faithfulness_k", default_k, minimum=1), n)
-    trials = int_param(task.params, "faithfulness_trials", DEFAULT_TRIALS, minimum=1,
-                       maximum=256)
+    k, trials = _k_and_trials(n, task.params)
     top = sorted(range(n), key=lambda i: seq_attr[i], reverse=True)[:k]
     if math.comb(n, k) <= trials:
         subsets = [set(c) for c in itertools.combinations(range(n), k)]

@@ -9,6 +9,7 @@ stays in every perturbed prompt.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,55 +89,107 @@ def split_spans(text: str, granularity: str) -> list[tuple[int, int]]:
     raise ValueError(f"split_spans does not handle {granularity!r}")
 
 
+def longest_token_chars(tokenizer: Any) -> int:
+    """The most characters one token can cover: the longest vocabulary entry.
+
+    Why: a text longer than ``max_tokens * longest_token_chars`` characters must have more than
+    ``max_tokens`` tokens, so an oversized prompt is refused before it is tokenized at all.
+    (Byte-level vocabularies spell each byte as one character, so an entry is never shorter
+    than the text it covers.)
+    """
+    return max((len(t) for t in tokenizer.get_vocab()), default=1)
+
+
 def prepare_prompt(tokenizer: Any, *, prompt: str | None, messages: list[dict[str, str]] | None,
-                   granularity: str) -> PreparedPrompt:
-    """Render the prompt (chat template for messages), tokenize it, and build its features."""
+                   granularity: str, max_tokens: int | None = None,
+                   longest_token: int | None = None) -> PreparedPrompt:
+    """Render the prompt (chat template for messages), tokenize it, and build its features.
+
+    With ``max_tokens``, a prompt of more tokens (template included) is refused with a 400
+    before any feature is built; with ``longest_token`` too (``longest_token_chars``), a text
+    that cannot fit is refused before it is even tokenized. Building the features costs
+    O(tokens log features).
+    """
     if messages is not None:
         text = tokenizer.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=True)
+    else:
+        assert prompt is not None
+        text = prompt
+    if max_tokens is not None and longest_token and len(text) > max_tokens * longest_token:
+        raise ClientError(f"the prompt has {len(text)} characters, more than {max_tokens} "
+                          f"tokens can hold; the limit is {max_tokens} tokens "
+                          f"(--max_prompt_tokens)")
+    if messages is not None:
         regions = _locate_messages(text, messages)
         segments = [Segment(m["role"], m["content"]) for m in messages]
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     else:
-        assert prompt is not None
-        text = prompt
-        regions = [(0, len(prompt))]
-        segments = [Segment(None, prompt)]
+        regions = [(0, len(text))]
+        segments = [Segment(None, text)]
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
+    if max_tokens is not None and len(ids) > max_tokens:
+        what = " (chat template included)" if messages is not None else ""
+        raise ClientError(f"the prompt has {len(ids)} tokens{what}; the limit is {max_tokens} "
+                          f"(--max_prompt_tokens)")
     offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
-
-    features: list[Feature] = []
-    for msg_index, (start, end) in enumerate(regions):
-        content = text[start:end]
-        message = msg_index if messages is not None else None
-        if granularity == "token":
-            for pos, (a, b) in enumerate(offsets):
-                a, b = max(a, start), min(b, end)
-                if b > a and content[a - start:b - start].strip():
-                    features.append(Feature(text[a:b], (a - start, b - start), message, [pos]))
-            continue
-        for a, b in split_spans(content, granularity):
-            features.append(Feature(content[a:b], (a, b), message))
-        _assign_tokens(features, offsets, start, message)
+    if granularity == "token":
+        features = _token_features(text, regions, offsets, messages is not None)
+    else:
+        features = []
+        for msg_index, (start, end) in enumerate(regions):
+            message = msg_index if messages is not None else None
+            features.extend(Feature(text[start + a:start + b], (a, b), message)
+                            for a, b in split_spans(text[start:end], granularity))
+        _assign_tokens(features, offsets, regions)
     features = [f for f in features if f.token_indices]
     if not features:
         raise ClientError("the prompt is empty: it has no text to attribute")
     return PreparedPrompt(ids=ids, features=features, segments=segments)
 
 
-def _assign_tokens(features: list[Feature], offsets: list[tuple[int, int]], start: int,
-                   message: int | None) -> None:
-    """Give each token to the first feature of this message whose characters it overlaps."""
-    own = [f for f in features if f.message == message and not f.token_indices]
+def _overlapping(spans_end: list[int], spans_start: list[int], a: int, b: int) -> range:
+    """Indices of the sorted, disjoint spans that overlap the characters ``[a, b)``."""
+    first = bisect.bisect_right(spans_end, a)
+    last = bisect.bisect_left(spans_start, b, lo=first)
+    return range(first, last)
+
+
+def _token_features(text: str, regions: list[tuple[int, int]], offsets: list[tuple[int, int]],
+                    chat: bool) -> list[Feature]:
+    """One feature per token with visible user text, its span clipped to its message."""
+    starts, ends = [r[0] for r in regions], [r[1] for r in regions]
+    found: list[tuple[int, int, Feature]] = []
+    for pos, (a, b) in enumerate(offsets):
+        for r in _overlapping(ends, starts, a, b):
+            start, end = regions[r]
+            ca, cb = max(a, start), min(b, end)
+            if cb > ca and text[ca:cb].strip():
+                found.append((r, pos, Feature(text[ca:cb], (ca - start, cb - start),
+                                              r if chat else None, [pos])))
+    found.sort(key=lambda item: item[:2])  # message by message, in token order
+    return [f for _, _, f in found]
+
+
+def _assign_tokens(features: list[Feature], offsets: list[tuple[int, int]],
+                   regions: list[tuple[int, int]]) -> None:
+    """Give each token to the first feature of each message whose characters it overlaps.
+
+    ``features`` are in text order and disjoint, so the candidates for a token are found by
+    bisection instead of by scanning every feature.
+    """
+    region_start = {i: start for i, (start, _) in enumerate(regions)}
+    starts = [f.char_span[0] + region_start[f.message or 0] for f in features]
+    ends = [f.char_span[1] + region_start[f.message or 0] for f in features]
     for pos, (a, b) in enumerate(offsets):
         if b <= a:
             continue
-        for f in own:
-            fs, fe = f.char_span[0] + start, f.char_span[1] + start
-            if a < fe and b > fs:
-                f.token_indices.append(pos)
-                break
+        seen: set[int | None] = set()
+        for i in _overlapping(ends, starts, a, b):
+            if features[i].message not in seen:
+                seen.add(features[i].message)
+                features[i].token_indices.append(pos)
 
 
 def _locate_messages(text: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:

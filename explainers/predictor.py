@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from explainers.errors import ClientError, PredictorError, PredictorTimeout, PredictorUnreachable
+from runtime.auth import ApiKey
 
 # Tried in order; the first one that exists (not 404) decides readiness. The project's runtime
 # answers /v2/health/ready (engine state); plain vLLM answers /health.
@@ -46,23 +47,31 @@ class ScoreStats:
 
 @dataclass
 class PredictorClient:
-    """Async HTTP client for one predictor: scoring, generation, and readiness probes."""
+    """Async HTTP client for one predictor: scoring, generation, and readiness probes.
+
+    ``api_key`` is the predictor's key (``--predictor_api_key[_file]``), kept as an ``ApiKey``
+    (its repr hides the key) and read on every request, so a rotated key file takes effect
+    without a restart. A plain string is accepted and wrapped.
+    """
 
     url: str
     model: str
     timeout: float = 120.0
     chunk_size: int = 64
     api_prefix: str = "/v1"
-    api_key: str | None = None
+    api_key: ApiKey = field(default_factory=ApiKey, repr=False)
     _client: httpx.AsyncClient | None = field(default=None, repr=False)
     _ready_cache: tuple[float, bool] = (0.0, False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.api_key, ApiKey):
+            self.api_key = ApiKey(value=self.api_key or None)
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
             self._client = httpx.AsyncClient(
-                base_url=self.url, headers=headers,
+                base_url=self.url,
                 timeout=httpx.Timeout(self.timeout, connect=10.0),
                 limits=httpx.Limits(max_connections=32),
             )
@@ -81,7 +90,7 @@ class PredictorClient:
         ok = False
         for path in HEALTH_PATHS:
             try:
-                r = await self.client.get(path, timeout=3.0)
+                r = await self.client.get(path, timeout=3.0, headers=self.api_key.header())
             except httpx.HTTPError:
                 break
             if r.status_code != 404:
@@ -141,7 +150,7 @@ class PredictorClient:
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         path = f"{self.api_prefix}/completions"
         try:
-            r = await self.client.post(path, json=body)
+            r = await self.client.post(path, json=body, headers=self.api_key.header())
         except httpx.TimeoutException as exc:
             raise PredictorTimeout(
                 f"the predictor at {self.url} did not answer within {self.timeout:g} s "
@@ -153,6 +162,13 @@ class PredictorClient:
             ) from exc
         if r.status_code == 400:
             raise ClientError(f"the predictor refused the request: {_error_text(r)}")
+        if r.status_code in (401, 403):
+            given = "a key that it refused" if self.api_key.enabled else "no key"
+            raise PredictorError(
+                f"the predictor answered {r.status_code} on {path}: the explainer sent {given}; "
+                f"set --predictor_api_key, --predictor_api_key_file or $PREDICTOR_API_KEY "
+                f"({_error_text(r)})"
+            )
         if r.status_code != 200:
             raise PredictorError(
                 f"the predictor answered {r.status_code} on {path}: {_error_text(r)}"

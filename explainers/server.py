@@ -16,21 +16,24 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import kserve
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from kserve.errors import ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.model_server import app as kserve_app
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.dataplane import DataPlane
 
+from explainers.auth import BearerGate
 from explainers.errors import ClientError, ExplainerError
 from explainers.explainer import Explainer, Limits
-from explainers.methods.base import MethodSettings
+from explainers.methods.base import DEFAULT_IG_BATCH_TOKENS, MethodSettings
 from explainers.methods.registry import load_methods
 from explainers.predictor import PredictorClient, base_url
+from runtime.auth import ApiKey, ApiKeyError
 
 logger = logging.getLogger("explainers")
 
@@ -74,6 +77,14 @@ class ExplainerDataPlane(DataPlane):
     async def ready(self) -> bool:
         return await self.predictor_client.is_ready()
 
+    def decode(self, body: Any, headers: Any, *args: Any, **kwargs: Any) -> Any:
+        # KServe parses the body before explain(); its parse error becomes the explainer's
+        # error shape ({"error", "type"}) like every other 400 of this process
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput as exc:
+            raise ClientError(f"the request body is not JSON: {exc.reason}") from exc
+
     async def model_ready(self, model_name: str,
                           disable_predictor_health_check: bool = False) -> bool:
         if self._model_registry.get_model(model_name) is None:
@@ -92,8 +103,9 @@ async def _explainer_error_handler(_: Request, exc: Exception) -> JSONResponse:
                         content={"error": exc.message, "type": type(exc).__name__})
 
 
-def _install_routes(app: FastAPI, explainer: Explainer) -> None:
+def _install_routes(app: FastAPI, explainer: Explainer, api_key: ApiKey) -> None:
     app.add_exception_handler(ExplainerError, _explainer_error_handler)
+    app.add_middleware(BearerGate, api_key=api_key)
 
     async def list_methods() -> dict[str, Any]:
         return {"methods": explainer.describe()}
@@ -112,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the model folder the predictor serves (tokenizer; weights for IG)")
     p.add_argument("--methods", default="",
                    help="comma-separated allowlist of methods (default: all installed)")
+    p.add_argument("--api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but health "
+                        "(default: $API_KEY)")
+    p.add_argument("--api_key_file", default=None,
+                   help="file holding the key (a mounted Secret; re-read when it changes)")
     p.add_argument("--predictor_model_name", default=None,
                    help="model name in OpenAI requests (default: --model_name)")
     p.add_argument("--predictor_api_prefix", default="/v1",
@@ -119,46 +136,122 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor_api_key", default=None,
                    help="Bearer key for a predictor started with --api_key "
                         "(default: $PREDICTOR_API_KEY)")
+    p.add_argument("--predictor_api_key_file", default=None,
+                   help="file holding the predictor's key (re-read when it changes)")
     p.add_argument("--predictor_timeout", type=float, default=120.0,
                    help="seconds to wait for one predictor request before answering 504")
     p.add_argument("--predictor_batch_size", type=int, default=64,
                    help="perturbed prompts per predictor request (requests run concurrently)")
     p.add_argument("--max_budget", type=int, default=1024,
-                   help="most forward passes one explanation may use")
-    p.add_argument("--max_features", type=int, default=1024)
+                   help="most forward passes one explanation may use (baseline, method and "
+                        "deletion test)")
+    p.add_argument("--max_features", type=int, default=1024,
+                   help="most features one explanation may have")
+    p.add_argument("--max_prompt_tokens", type=int, default=2048,
+                   help="most tokens of the rendered prompt plus the response, checked before "
+                        "any feature is built")
+    p.add_argument("--max_instances", type=int, default=8,
+                   help="most explain requests in one body's 'instances'")
+    p.add_argument("--ig_batch_tokens", type=int, default=DEFAULT_IG_BATCH_TOKENS,
+                   help="integrated gradients: most tokens (steps x sequence) in one "
+                        "forward/backward pass; bounds its memory (~1.1-1.4 MiB per token)")
     p.add_argument("--workers", type=int, default=1,
                    help="accepted because KServe may pass it; the explainer runs one worker")
     return p
 
 
-def build_explainer(args: argparse.Namespace) -> Explainer:
-    """Tokenizer, methods and predictor client from parsed arguments."""
+class StartupError(Exception):
+    """A start-up problem the operator can fix: reported as one line, exit code 2."""
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(model_dir: str) -> Any:
+    if not os.path.isdir(model_dir):
+        raise StartupError(f"--model_dir {model_dir} is not a directory")
+    if not any(os.path.isfile(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):
+        raise StartupError(f"--model_dir {model_dir} holds no tokenizer (none of "
+                           f"{', '.join(TOKENIZER_FILES)}): give the model folder the "
+                           f"predictor serves")
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # transformers raises OSError, ValueError, KeyError, ...
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise StartupError(f"cannot load the tokenizer in --model_dir {model_dir}: "
+                           f"{reason}") from None
+
+
+def _api_key(flag: str | None, file: str | None, name: str, env_var: str) -> ApiKey:
+    """``--{name}``, else ``--{name}_file``, else ``$env_var``; errors never show the key."""
+    if flag and file:
+        raise StartupError(f"--{name} and --{name}_file are mutually exclusive")
+    try:
+        return ApiKey.from_sources(flag, file, env_var=env_var)
+    except ApiKeyError as exc:
+        raise StartupError(f"--{name}_file: {exc}") from None
+
+
+def build_explainer(args: argparse.Namespace) -> tuple[Explainer, ApiKey]:
+    """Tokenizer, methods, predictor client and the explainer's own key from parsed
+    arguments; ``StartupError`` for anything the operator must fix."""
+    for name in ("max_budget", "max_features", "max_prompt_tokens", "max_instances",
+                 "ig_batch_tokens", "predictor_batch_size"):
+        if getattr(args, name) < 1:
+            raise StartupError(f"--{name} must be at least 1")
+    api_key = _api_key(args.api_key, args.api_key_file, "api_key", "API_KEY")
+    predictor_key = _api_key(args.predictor_api_key, args.predictor_api_key_file,
+                             "predictor_api_key", "PREDICTOR_API_KEY")
+    try:
+        url = base_url(args.predictor_host)
+    except ValueError as exc:
+        raise StartupError(f"--predictor_host: {exc}") from None
+    tokenizer = _load_tokenizer(args.model_dir)
     allow = [m.strip() for m in args.methods.split(",") if m.strip()] or None
-    methods = load_methods(MethodSettings(model_dir=args.model_dir, tokenizer=tokenizer), allow)
+    settings = MethodSettings(model_dir=args.model_dir, tokenizer=tokenizer,
+                              ig_batch_tokens=args.ig_batch_tokens)
+    try:
+        methods = load_methods(settings, allow)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     client = PredictorClient(
-        url=base_url(args.predictor_host), model=args.predictor_model_name or args.model_name,
+        url=url, model=args.predictor_model_name or args.model_name,
         timeout=args.predictor_timeout, chunk_size=args.predictor_batch_size,
-        api_prefix=args.predictor_api_prefix.rstrip("/"),
-        api_key=args.predictor_api_key or os.environ.get("PREDICTOR_API_KEY") or None,
+        api_prefix=args.predictor_api_prefix.rstrip("/"), api_key=predictor_key,
     )
-    limits = Limits(max_budget=args.max_budget, max_features=args.max_features)
-    return Explainer(tokenizer, client, methods, limits)
+    limits = Limits(max_budget=args.max_budget, max_features=args.max_features,
+                    max_prompt_tokens=args.max_prompt_tokens, max_instances=args.max_instances)
+    return Explainer(tokenizer, client, methods, limits), api_key
+
+
+def _option_names(unknown: list[str]) -> str:
+    """Unknown arguments without their values (a value may be a secret)."""
+    return " ".join(a.split("=", 1)[0] for a in unknown if a.startswith("-")) or "(values)"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, load everything, and serve until SIGTERM."""
+    """Parse arguments, load everything, and serve until SIGTERM.
+
+    A start-up problem the operator can fix (no tokenizer in ``--model_dir``, an unreadable
+    key file, an unknown method) ends the process with one line on stderr and exit code 2,
+    not a traceback.
+    """
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:
-        logger.warning("ignoring unknown arguments: %s", " ".join(unknown))
+        logger.warning("ignoring unknown arguments: %s", _option_names(unknown))
     if args.workers != 1:
         logger.warning("--workers=%d ignored: one worker (methods hold models in-process)",
                        args.workers)
-    explainer = build_explainer(args)
-    logger.info("explaining %s via %s with methods %s", args.model_name, explainer.client.url,
-                ", ".join(sorted(explainer.methods)))
+    try:
+        explainer, api_key = build_explainer(args)
+    except StartupError as exc:
+        print(f"python -m explainers: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    logger.info("explaining %s via %s with methods %s; API key %s", args.model_name,
+                explainer.client.url, ", ".join(sorted(explainer.methods)),
+                "required" if api_key.enabled else "not required")
     server = kserve.ModelServer(
         http_port=args.http_port, grpc_port=args.http_port + 1, workers=1, enable_grpc=False,
         enable_docs_url=False, enable_latency_logging=True, access_log_format=None,
@@ -169,5 +262,5 @@ def main(argv: list[str] | None = None) -> None:
                                          predictor_health_check=False),
     )
     server.dataplane = ExplainerDataPlane(server.registered_models, explainer.client)
-    _install_routes(kserve_app, explainer)
+    _install_routes(kserve_app, explainer, api_key)
     server.start([LLMExplainerModel(args.model_name, explainer)])

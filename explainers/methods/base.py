@@ -22,12 +22,21 @@ from explainers.predictor import PredictorClient, ScoreStats
 ALL_GRANULARITIES: frozenset[str] = frozenset({"token", "word", "sentence", "message"})
 
 
+DEFAULT_IG_BATCH_TOKENS = 1024
+
+
 @dataclass(frozen=True)
 class MethodSettings:
-    """Server-wide settings handed to every method when the server loads it."""
+    """Server-wide settings handed to every method when the server loads it.
+
+    ``ig_batch_tokens`` (``--ig_batch_tokens``) bounds the memory of a white-box method: the
+    most tokens (steps x sequence length) it runs through the model in one forward and
+    backward pass (about 1.1-1.4 MiB each for SmolLM2-135M in float32).
+    """
 
     model_dir: str
     tokenizer: Any
+    ig_batch_tokens: int = DEFAULT_IG_BATCH_TOKENS
 
 
 @dataclass

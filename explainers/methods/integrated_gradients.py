@@ -33,7 +33,8 @@ class IntegratedGradients(ExplanationMethod):
         "n_steps": f"integration steps (default {DEFAULT_STEPS}); the cost",
         "baseline_token": f"text of the token features are replaced by on the baseline path "
                           f"(default {DEFAULT_BASELINE_TOKEN!r})",
-        "internal_batch_size": "steps per forward pass (default: n_steps)",
+        "internal_batch_size": "steps per forward pass (default: n_steps, capped by the "
+                               "server's --ig_batch_tokens)",
     }
 
     def __init__(self, settings: Any) -> None:
@@ -57,10 +58,28 @@ class IntegratedGradients(ExplanationMethod):
                 self._model = model
         return self._model
 
+    def step_batch(self, seq_len: int, params: dict[str, Any]) -> int:
+        """Steps per forward/backward pass: what the request asks (default: all of them),
+        capped so one pass holds at most ``ig_batch_tokens`` tokens.
+
+        Why: all ``n_steps`` at once over a long prompt needs tens of GB (activations kept for
+        the backward pass, and the response logits, grow with steps x tokens). Captum sums the
+        chunks, so the attributions do not depend on the chunk size.
+        """
+        n_steps = self.cost(0, params)
+        asked = int_param(params, "internal_batch_size", n_steps, minimum=1, maximum=n_steps)
+        limit = self.settings.ig_batch_tokens
+        if seq_len > limit:
+            raise ClientError(f"integrated_gradients runs the whole sequence through the model "
+                              f"({seq_len} tokens: prompt and response), more than the "
+                              f"{limit} tokens one pass may hold (--ig_batch_tokens); use a "
+                              f"shorter prompt or a black-box method")
+        return min(asked, limit // seq_len)
+
     async def explain(self, task: AttributionTask) -> Attribution:
         n_steps = self.cost(task.num_features, task.params)
-        batch = int_param(task.params, "internal_batch_size", n_steps, minimum=1,
-                          maximum=n_steps)
+        seq_len = len(task.prompt.ids) + len(task.response_ids)
+        batch = self.step_batch(seq_len, task.params)
         text = task.params.get("baseline_token", DEFAULT_BASELINE_TOKEN)
         if not isinstance(text, str):
             raise ClientError("params.baseline_token must be a string")
@@ -70,12 +89,13 @@ class IntegratedGradients(ExplanationMethod):
         async with self._run_lock:  # one IG at a time: it uses every core
             token_scores = await asyncio.to_thread(self._attribute, task, ids[0], n_steps,
                                                    batch)
-        seq_len = len(task.prompt.ids) + len(task.response_ids)
         task.stats.forward_passes += n_steps
         task.stats.tokens_scored += n_steps * seq_len
         seq_attr = [float(sum(token_scores[p] for p in f.token_indices))
                     for f in task.prompt.features]
-        return Attribution(seq_attr=seq_attr, extra={"n_steps": n_steps})
+        return Attribution(seq_attr=seq_attr, extra={
+            "n_steps": n_steps, "internal_batch_size": batch,
+            "step_passes": -(-n_steps // batch), "sequence_tokens": seq_len})
 
     def _attribute(self, task: AttributionTask, baseline_id: int, n_steps: int,
                    batch: int) -> list[float]:

@@ -6,6 +6,7 @@ OpenAI server) for development; by default they use the session ``predictor`` (t
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -26,14 +27,24 @@ def explainer_command(predictor_host: str, model_dir: str, port: int,
             f"--model_dir={model_dir}", *extra]
 
 
+def explainer_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The explainer's environment: offline, unbuffered, and no key unless the test sets one
+    (an ``API_KEY`` or ``PREDICTOR_API_KEY`` in the developer's shell must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "PREDICTOR_API_KEY")}
+    env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(extra or {})
+    return env
+
+
 def start_explainer(predictor_host: str, model_dir: str, *, extra: Sequence[str] = (),
-                    health_path: str = f"/v1/models/{MODEL}",
-                    name: str = "explainer") -> ServerProcess:
-    """Start the explainer and wait until ``health_path`` answers 200."""
+                    health_path: str = f"/v1/models/{MODEL}", name: str = "explainer",
+                    env: dict[str, str] | None = None) -> ServerProcess:
+    """Start the explainer and wait until ``health_path`` answers 200; ``env`` is added to
+    its environment."""
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     server = ServerProcess(explainer_command(predictor_host, model_dir, port, extra), port=port,
-                           health_path=health_path, env=env, startup_timeout=120, name=name)
+                           health_path=health_path, env=explainer_env(env), startup_timeout=120,
+                           name=name)
     return server.start()
 
 
@@ -57,6 +68,24 @@ def explainer(predictor_url: str, model_dir: str) -> Iterator[ServerProcess]:
         server.stop()
 
 
-def explain(server: ServerProcess, body: dict, timeout: float = 120) -> httpx.Response:
+def explain(server: ServerProcess, body: dict, timeout: float = 120,
+            headers: dict[str, str] | None = None) -> httpx.Response:
     """POST an explain request to ``server``."""
-    return httpx.post(f"{server.url}/v1/models/{MODEL}:explain", json=body, timeout=timeout)
+    return httpx.post(f"{server.url}/v1/models/{MODEL}:explain", json=body, timeout=timeout,
+                      headers=headers)
+
+
+def removal_sets_of_deletion_test(e: dict) -> set[frozenset[int]]:
+    """The feature sets the deletion test of explanation ``e`` removed, read from ``e`` itself
+    (its top-k set and, when exhaustive, every k-subset)."""
+    f = e["faithfulness"]
+    assert f["random_exhaustive"], "only an exhaustive test's sets can be listed"
+    n = len(e["input_features"])
+    return {frozenset(f["topk_features"]),
+            *(frozenset(c) for c in itertools.combinations(range(n), f["k"]))}
+
+
+def expected_passes(method_sets: set[frozenset[int]], e: dict) -> int:
+    """Forward passes of an explanation: the baseline, plus every distinct non-empty removal
+    set of the method and of the deletion test (a set is scored once per explanation)."""
+    return 1 + len((method_sets | removal_sets_of_deletion_test(e)) - {frozenset()})

@@ -37,12 +37,51 @@ def test_bad_input_is_400(explainer, body: dict, needle: str) -> None:
 def test_non_json_body_is_400(explainer) -> None:
     r = httpx.post(f"{explainer.url}/v1/models/{MODEL}:explain", content=b"{not json",
                    headers={"content-type": "application/json"})
-    assert r.status_code == 400
+    assert r.status_code == 400, r.text
+    assert r.json()["error"].startswith("the request body is not JSON"), r.text
+    assert r.json()["type"] == "ClientError"
 
 
 def test_unknown_model_is_404(explainer) -> None:
     r = httpx.post(f"{explainer.url}/v1/models/other:explain", json=CHAT)
-    assert r.status_code == 404
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == "Model with name other does not exist."
+
+
+def test_too_many_instances_is_400_naming_the_flag(explainer) -> None:
+    """``instances`` is capped (default 8): more is refused before any of them is explained."""
+    default_cap = 8
+    body = {"instances": [CHAT | {"html": False}] * (default_cap + 1)}
+    t0 = time.monotonic()
+    r = explain(explainer, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == (f"'instances' holds {default_cap + 1} explain requests; the "
+                                 f"limit is {default_cap} (--max_instances)")
+    assert time.monotonic() - t0 < 5  # nothing was explained
+
+
+@pytest.mark.parametrize("words", [8_000, 200_000])
+def test_long_prompt_is_400_before_features_are_built(explainer, words: int) -> None:
+    """A prompt over ``--max_prompt_tokens`` (default 2048) is refused before its features
+    are built: 8,000 words (tokenized, then refused) and 200,000 (refused untokenized)."""
+    prompt = " ".join(["word"] * words)
+    t0 = time.monotonic()
+    r = explain(explainer, {"prompt": prompt, "response": "x", "granularity": "word"})
+    elapsed = time.monotonic() - t0
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]
+    assert msg.startswith("the prompt has ") and "the limit is" in msg, msg
+    assert "(--max_prompt_tokens)" in msg and "features" not in msg, msg
+    assert elapsed < 5, elapsed  # the old code spent seconds building 8,000 word features
+    # the explainer still answers, and quickly
+    assert httpx.get(f"{explainer.url}/v2/health/live", timeout=5).status_code == 200
+
+
+def test_response_counts_toward_the_token_limit(explainer) -> None:
+    r = explain(explainer, CHAT | {"response": " ".join(["word"] * 3000)})
+    assert r.status_code == 400, r.text
+    assert "the prompt and the response have" in r.json()["error"]
+    assert "(--max_prompt_tokens)" in r.json()["error"]
 
 
 def test_slow_then_unreachable_predictor(model_dir: str) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import pytest
 
-from tests.explainers.conftest import MODEL, explain
+from tests.explainers.conftest import MODEL, expected_passes, explain
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +45,10 @@ def test_supporting_fact_outranks_distractor(explainer, method: str) -> None:
     assert e["baseline_logprob"] < 0
     # the deletion test: removing the top feature hurts more than removing one at random
     f = e["faithfulness"]
-    assert f["k"] == 1 and f["random_exhaustive"] is True and f["random_subsets"] == 3
+    n = len(texts)
+    assert f["k"] == max(1, round(0.2 * n))  # the documented default: 20 % of the features
+    # few enough k-subsets to try them all (no more than the default 16 trials)
+    assert f["random_exhaustive"] is True and f["random_subsets"] == math.comb(n, f["k"])
     assert f["topk_drop"] > f["random_drop_mean"] + 0.5, f
     assert f["beats_random"] is True
     assert e["stats"]["forward_passes"] >= 1 and e["stats"]["wall_ms"] > 0
@@ -60,9 +65,11 @@ def test_leave_one_out_token_attr_adds_up(explainer) -> None:
     assert len(e["token_attr"]) == len(e["output_tokens"])
     for col, total in zip(columns, e["seq_attr"], strict=True):
         assert sum(col) == pytest.approx(total, abs=1e-6)
-    # baseline + one pass per feature; the deletion test (top-1 and every single feature)
-    # reuses those scores instead of sending the same prompts again
-    assert e["stats"]["forward_passes"] == 1 + 3
+    # baseline + one pass per feature; the deletion test's sets (top-1 and every single
+    # feature) are scored already, so they are not sent again
+    n = len(e["input_features"])
+    singles = {frozenset({i}) for i in range(n)}
+    assert e["stats"]["forward_passes"] == expected_passes(singles, e) == 1 + n
     assert e["faithfulness"]["topk_drop"] == pytest.approx(max(e["seq_attr"]))
 
 
@@ -80,10 +87,35 @@ def test_generates_the_response_when_absent(explainer) -> None:
 
 
 def test_sampled_ablation_cost_is_the_sample_budget(explainer) -> None:
-    body = {"prompt": FACTS + " Answer:", "response": " Rome", "granularity": "word",
-            "method": "sampled_ablation", "params": {"num_samples": 10}, "html": False}
+    prompt = FACTS + " Answer:"
+    params = {"num_samples": 10, "faithfulness_trials": 5}
+    body = {"prompt": prompt, "response": " Rome", "granularity": "word",
+            "method": "sampled_ablation", "params": params, "html": False}
     [e] = explain(explainer, body).json()["explanations"]
-    assert len(e["seq_attr"]) == 13 and e["method_info"]["num_samples"] == 10
-    # at most: the baseline, 10 masks, the deletion test's top-k and 16 random subsets
+    n = len(prompt.split())
+    assert len(e["seq_attr"]) == n and e["method_info"]["num_samples"] == params["num_samples"]
+    # at most: the baseline, the masks, the deletion test's top-k set and its random subsets
     # (fewer when a set repeats), whatever the number of features
-    assert 1 + 10 <= e["stats"]["forward_passes"] <= 1 + 10 + 1 + 16
+    k = e["faithfulness"]["k"]
+    most = 1 + params["num_samples"] + 1 + min(math.comb(n, k), params["faithfulness_trials"])
+    assert 1 + params["num_samples"] <= e["stats"]["forward_passes"] <= most
+
+
+def test_budget_counts_the_deletion_test(explainer) -> None:
+    """The budget covers the baseline, the method and the deletion test, not the method alone:
+    a budget that fits only the method is refused before any predictor call."""
+    n = len(CHAT["messages"][0]["content"].split(". "))  # 3 sentences
+    trials = 2
+    method_only = 1 + n  # baseline + leave-one-out
+    needed = method_only + 1 + min(math.comb(n, 1), trials)  # + top-1 + random 1-subsets
+    params = {"faithfulness_trials": trials, "faithfulness_k": 1}
+    r = explain(explainer, CHAT | {"params": params | {"budget": needed - 1}, "html": False})
+    assert r.status_code == 400, r.text
+    msg = r.json()["error"]
+    assert f"deletion test ({needed - method_only})" in msg and f"that is {needed}" in msg, msg
+    assert f"over the budget of {needed - 1}" in msg
+    r = explain(explainer, CHAT | {"params": params | {"budget": needed}, "html": False})
+    assert r.status_code == 200, r.text
+    [e] = r.json()["explanations"]
+    assert len(e["input_features"]) == n
+    assert e["stats"]["forward_passes"] <= needed

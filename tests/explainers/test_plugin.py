@@ -1,11 +1,14 @@
 """A third-party method, installed from a small package during the test, is listed and used.
 
 The package lives in a temporary folder, declares an entry point in the group
-``kserve_llm.explainer_methods``, and is ``pip install``-ed into this venv for the test only.
+``kserve_llm.explainer_methods``, and is ``pip install --target``-ed into another temporary
+folder that only the explainer process under test has on its ``PYTHONPATH``: the project's
+venv (shared with every other test and engineer) is never modified.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,11 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.explainers.conftest import explain, start_explainer
+from tests.explainers.conftest import expected_passes, explain, start_explainer
 
 pytestmark = pytest.mark.slow
-
-DIST = "kserve-llm-keep-only-test-plugin"
 
 PLUGIN = '''
 """Keep-only attribution: the response log-prob with ONLY feature i kept, minus with none."""
@@ -42,13 +43,13 @@ class KeepOnly(ExplanationMethod):
                            extra={"empty_prompt_logprob": empty})
 '''
 
-PYPROJECT = f'''
+PYPROJECT = '''
 [build-system]
 requires = ["setuptools>=68"]
 build-backend = "setuptools.build_meta"
 
 [project]
-name = "{DIST}"
+name = "kserve-llm-keep-only-test-plugin"
 version = "0.0.1"
 
 [project.entry-points."kserve_llm.explainer_methods"]
@@ -62,21 +63,25 @@ def pip(*args: str) -> None:
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path):
-    (tmp_path / "keep_only_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
-    pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(tmp_path))
-    try:
-        yield
-    finally:
-        pip("uninstall", "-y", DIST)
+def plugin_path(tmp_path: Path) -> str:
+    """A folder holding the installed plugin (code and entry-point metadata), for PYTHONPATH."""
+    src, target = tmp_path / "src", tmp_path / "site"
+    src.mkdir()
+    (src / "keep_only_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (src / "pyproject.toml").write_text(PYPROJECT)
+    pip("install", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(target),
+        str(src))
+    assert list(target.glob("*.dist-info/entry_points.txt")), "the entry point was not installed"
+    return str(target)
 
 
-def test_installed_plugin_is_listed_and_used(installed_plugin, predictor_url: str,
+def test_installed_plugin_is_listed_and_used(plugin_path: str, predictor_url: str,
                                              model_dir: str) -> None:
     host = predictor_url.split("://", 1)[1]
+    pythonpath = os.pathsep.join(p for p in (plugin_path, os.environ.get("PYTHONPATH")) if p)
     server = start_explainer(host, model_dir, name="explainer-plugin",
-                             extra=["--methods=keep_only,leave_one_out"])
+                             extra=["--methods=keep_only,leave_one_out"],
+                             env={"PYTHONPATH": pythonpath})
     try:
         listed = httpx.get(f"{server.url}/v1/explainer/methods").json()["methods"]
         assert [m["name"] for m in listed] == ["keep_only", "leave_one_out"]  # the allowlist
@@ -90,8 +95,12 @@ def test_installed_plugin_is_listed_and_used(installed_plugin, predictor_url: st
         assert r.status_code == 200, r.text
         [e] = r.json()["explanations"]
         assert e["method"] == "keep_only"
-        # baseline, the method's 4 sets, the deletion test's 3 single-feature sets
-        assert e["stats"]["forward_passes"] == 1 + 4 + 3
+        # the baseline, the plugin's sets (all but feature i, for each i, and all), and the
+        # deletion test's sets: nothing is scored twice
+        n = len(e["input_features"])
+        everything = frozenset(range(n))
+        method_sets = {everything - {i} for i in range(n)} | {everything}
+        assert e["stats"]["forward_passes"] == expected_passes(method_sets, e)
         attr = dict(zip([f["text"] for f in e["input_features"]], e["seq_attr"], strict=True))
         # alone, the supporting fact makes "Bob lives in Rome." far likelier than the distractor
         assert attr["Bob lives in Rome."] > attr["Alice lives in Paris."] + 1.0, attr
