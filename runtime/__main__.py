@@ -8,11 +8,12 @@ def main() -> None:
 
     from runtime import cli, logs, server
     from runtime.auth import ApiKeyError
+    from runtime.cli import EngineArgsError
 
     logs.configure()
     try:
         server.run(cli.parse())
-    except ApiKeyError as exc:  # a start-up mistake: one clear line, no traceback
+    except (ApiKeyError, EngineArgsError) as exc:  # a start-up mistake: one clear line, no traceback
         print(f"python -m runtime: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -35,9 +35,19 @@ Where KServe and vLLM flags collide:
                       vLLM's listener flags are ignored (with a warning): use --http_port.
   --workers           Must be 1: the engine lives in the server process.
 Every other argument is a vLLM engine argument and is passed through unchanged
-(`python -m runtime --help-engine` lists them). On the CPU, defaults are --dtype float32 and
---enforce-eager unless given: bfloat16 with eager mode produces garbage on CPUs.
+(`python -m runtime --help-engine` lists them): the engine is the one vLLM's own server builds
+from the same arguments, with one exception. On a CPU, when neither --dtype nor an eager flag
+(--enforce-eager, --no-enforce-eager) is given, the runtime uses --dtype float32
+--enforce-eager; given either, vLLM's defaults hold (--dtype auto, compiled). bfloat16 with
+--enforce-eager on a CPU (asked for, or what --dtype auto resolves to) is refused at start:
+it produces wrong output there.
 """
+
+
+class EngineArgsError(ValueError):
+    """Engine arguments the runtime refuses at start-up (bfloat16 with eager mode on a CPU);
+    ``python -m runtime`` prints it as one line and exits with 2."""
+
 
 # vLLM listener flags that make no sense behind the ModelServer; each takes one value.
 IGNORED_VLLM_FLAGS = ("--host", "--port", "--uds")
@@ -101,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_tokens of a request that gives none (default: --max_tokens_limit "
                         "when set, else up to the context)")
     p.add_argument("--max_stop_sequences", type=int, default=32, help="most stop sequences")
-    p.add_argument("--help-engine", action="store_true", help="list vLLM's engine arguments")
+    p.add_argument("--help-engine", "--help_engine", action="store_true",
+                   help="list vLLM's engine arguments")
     return p
 
 
@@ -129,6 +140,25 @@ def _normalise(argv: Sequence[str], own: set[str]) -> list[str]:
     return out
 
 
+def _take_all(argv: list[str], flag: str) -> tuple[list[str], list[str]]:
+    """Remove ``flag V1 V2 ...`` (vLLM's nargs="+") / ``flag=V``; return (rest, values)."""
+    rest, values, i = [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == flag:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            continue
+        if tok.startswith(flag + "="):
+            values.append(tok.split("=", 1)[1])
+        else:
+            rest.append(tok)
+        i += 1
+    return rest, values
+
+
 def _take(argv: list[str], flag: str) -> tuple[list[str], list[str]]:
     """Remove ``flag VALUE`` / ``flag=VALUE`` occurrences; return (rest, values)."""
     rest, values, i = [], [], 0
@@ -152,7 +182,7 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
     own = {a.dest for a in parser._actions if a.option_strings}
     args, engine_argv = parser.parse_known_args(_normalise(sys.argv[1:] if argv is None else argv, own))
     if args.help_engine:
-        from runtime.engine.vllm_engine import engine_help
+        from runtime.engine.vllm_args import engine_help
 
         print(engine_help())
         raise SystemExit(0)
@@ -173,7 +203,7 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
     model_dir = model_dir or "/mnt/models"
     if model_dir.startswith(("/", ".")) and not os.path.isdir(model_dir):
         parser.error(f"model folder {model_dir} does not exist (--model_dir)")
-    engine_argv, aliases = _take(engine_argv, "--served-model-name")
+    engine_argv, aliases = _take_all(engine_argv, "--served-model-name")
     return RuntimeSettings(
         model_name=args.model_name,
         model_dir=model_dir,
@@ -187,7 +217,8 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         timeout_keep_alive=args.timeout_keep_alive,
         max_request_bytes=args.max_request_bytes,
         health_check_interval=args.health_check_interval,
-        served_model_aliases=[n for a in aliases for n in a.split()],
+        served_model_aliases=list(dict.fromkeys(
+            n for a in aliases for n in a.split() if n != args.model_name)),
         engine_argv=engine_argv,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,

@@ -9,12 +9,13 @@ interceptor) have already run the pipeline's first steps: key, readiness, model,
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from runtime.engine.base import Engine
+from runtime.engine.base import Delta, Engine
 from runtime.lifecycle import Lifecycle
 from runtime.pipeline import Pipeline
 from runtime.protocol import v2
@@ -53,9 +54,41 @@ class LLMModel(Model):
 
     async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> InferResponse:
+        """One answer; a ``stream`` switch is ignored (a unary call cannot stream)."""
         text = v2.decode_request(payload)
+        return await self._complete(payload, text)
+
+    async def _complete(self, payload: InferRequest, text: v2.TextRequest) -> InferResponse:
         prepared = self.llm.prepare(text.prompts, text.params, chat=text.chat, stream=False,
                                     limits=self.pipeline.limits)
         self.pipeline.admit(prepared.work)
         completions = await self.llm.complete(prepared)
-        return v2.encode_response(payload, self.name, completions)
+        return v2.encode_response(payload, self.name, completions, text)
+
+    async def stream_predict(self, payload: InferRequest) -> AsyncIterator[InferResponse]:
+        """gRPC ModelStreamInfer: with ``stream`` true, one response per engine output and a
+        last one marked ``triton_final_response`` carrying the finish reason and counts;
+        otherwise the one answer, marked final. Bad input raises before the first response;
+        closing the iterator (a cancelled stream) aborts the engine request."""
+        text = v2.decode_request(payload)
+        if not text.options.stream:
+            response = await self._complete(payload, text)
+            response.parameters = {**(response.parameters or {}), "triton_final_response": True}
+            yield response
+            return
+        prepared = self.llm.prepare(text.prompts, text.params, chat=text.chat, stream=True,
+                                    limits=self.pipeline.limits)
+        self.pipeline.admit(prepared.work)
+        deltas = await self.llm.stream(prepared)
+        first = final = False
+        try:
+            first = True
+            async for delta in deltas:
+                final = delta.finish_reason is not None or delta.completion_tokens is not None
+                yield v2.encode_delta(payload, self.name, delta, text, first=first, final=final)
+                first = False
+        finally:
+            await deltas.aclose()
+        if not final:  # the engine ended without usage: still tell the client it is over
+            yield v2.encode_delta(payload, self.name, Delta(0, ""), text, first=first,
+                                  final=True)

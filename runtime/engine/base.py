@@ -43,17 +43,26 @@ class Completion:
     finish_reason: str | None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Sum of the sampled tokens' logprobs; only when the request asked for ``logprobs``.
+    cumulative_logprob: float | None = None
 
 
 @dataclass
 class Delta:
-    """A piece of streamed text for prompt ``index``; the last one carries finish and usage."""
+    """A piece of streamed text for prompt ``index``; the last one carries finish and usage.
+
+    ``tokens`` counts the tokens behind this piece (text held back for stop strings can make a
+    piece's text empty while tokens were generated), ``cumulative_logprob`` the logprob sum so
+    far (only when ``logprobs`` was asked for): Triton's per-response outputs need both.
+    """
 
     index: int
     text: str
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tokens: int | None = None
+    cumulative_logprob: float | None = None
 
 
 class Engine(abc.ABC):

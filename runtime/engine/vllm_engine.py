@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import types
-from argparse import Namespace
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -23,18 +22,20 @@ from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
 from vllm.entrypoints.launchers.app import build_app
-from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.exceptions import VLLMValidationError
-from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
-from vllm.utils.argparse_utils import FlexibleArgumentParser
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.admission import Admission
 from runtime.engine import vllm_openai
 from runtime.engine.base import Completion, Delta, Engine, PreparedRequest
+from runtime.engine.vllm_args import (  # noqa: F401 - engine_parser: re-exported
+    engine_help,
+    engine_parser,
+    parse_engine_args,
+)
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
 from runtime.limits import Limits, Work
 from runtime.metrics import current_protocol, record_engine_request
@@ -64,44 +65,9 @@ V2_PARAMETERS: dict[str, str] = {
     "bad_words": "list of strings",
     "logit_bias": "object token-id -> float",
     "allowed_token_ids": "list of int",
+    "logprobs": "int >= 0: logprobs of each sampled token and this many alternatives (vLLM "
+                "SamplingParams); makes cumulative_logprob available",
 }
-
-
-def engine_parser() -> FlexibleArgumentParser:
-    """vLLM's own serve parser: every engine argument, with vLLM's help text."""
-    return make_arg_parser(FlexibleArgumentParser(prog="python -m runtime", add_help=False))
-
-
-def engine_help() -> str:
-    """vLLM's engine arguments, for ``python -m runtime --help-engine``."""
-    return engine_parser().format_help()
-
-
-def parse_engine_args(settings: RuntimeSettings) -> Namespace:
-    """Build vLLM's argument namespace from the runtime settings and the pass-through argv.
-
-    KServe's ``--model_dir``/``--model_name`` become ``--model``/``--served-model-name``. On the
-    CPU, ``--dtype`` defaults to float32 and ``--enforce-eager`` to on: bfloat16 in eager mode
-    produces garbage there (docs/platform-notes.md), and compiled mode costs a minute of start-up.
-    """
-    argv = list(settings.engine_argv)
-    names = [settings.model_name, *settings.served_model_aliases]
-    argv += ["--model", settings.model_dir, "--served-model-name", *names]
-    if current_platform.is_cpu():
-        given = {tok.split("=")[0] for tok in argv if tok.startswith("--")}
-        if "--dtype" not in given:
-            argv += ["--dtype", "float32"]
-        if not given & {"--enforce-eager", "--no-enforce-eager", "--enforce_eager"}:
-            argv += ["--enforce-eager"]
-    try:
-        args = engine_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the reason
-        raise ClientError(f"invalid engine arguments: {' '.join(settings.engine_argv)}") from exc
-    validate_parsed_serve_args(args)
-    if current_platform.is_cpu() and args.dtype in ("bfloat16", "bf16") and args.enforce_eager:
-        logger.warning("bfloat16 with --enforce-eager produces wrong output on CPUs; "
-                       "use --dtype float32 or drop --enforce-eager")
-    return args
 
 
 class InstrumentedEngineClient:
@@ -196,7 +162,13 @@ class VLLMEngine(Engine):
         self.client = InstrumentedEngineClient(raw, self.model_name, self.admission)
         self.admission.capacity = int(raw.vllm_config.scheduler_config.max_num_seqs)
         tasks = await raw.get_supported_tasks()
+        # Building vLLM's app imports a package that reconfigures the root logger (vLLM restores
+        # only handler levels): keep the runtime's logging (request ids, levels) as it was.
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
         app = build_app(self.args, tasks, raw.model_config)
+        root.handlers[:] = handlers
+        root.setLevel(level)
         await init_app_state(self.client, app.state, self.args, tasks)
         # vLLM's engine-error handler stops `app.state.server` when the engine dies; the mounted
         # app has none, and the runtime's supervisor owns that decision (health turns false).
@@ -255,8 +227,11 @@ class VLLMEngine(Engine):
             raise ClientError(
                 f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
-        base = {"model": self.model_name, **params, **extra}
+        # Token ids per choice (and per streamed chunk) give exact per-prompt token counts.
+        base = {"model": self.model_name, **params, **extra, "return_token_ids": True}
         if chat:
+            if "logprobs" in params:  # SamplingParams' name -> the chat API's two fields
+                base |= {"logprobs": True, "top_logprobs": params["logprobs"]}
             items = [vllm_openai.parse("chat", {**base, "messages": [
                 {"role": "user", "content": p}]}) for p in prompts]
             works = [vllm_openai.work("chat", r, limits) for r in items]
@@ -282,20 +257,27 @@ class VLLMEngine(Engine):
             for res in results:
                 self._raise_error(res)
                 choice = res.choices[0]
+                content = choice.logprobs.content if choice.logprobs is not None else None
                 out.append(Completion(choice.message.content or "", choice.finish_reason,
-                                      res.usage.prompt_tokens, res.usage.completion_tokens or 0))
+                                      res.usage.prompt_tokens, res.usage.completion_tokens or 0,
+                                      _logprob_sum(c.logprob for c in content)
+                                      if content is not None else None))
             return out
         with _client_errors():
             res = await state.openai_serving_completion.create_completion(request.items[0])
         self._raise_error(res)
-        # One choice per prompt; usage is summed over the batch, so it is exact only for B=1.
+        # One choice per prompt; usage is summed over the batch, the token ids are per choice.
         single = len(res.choices) == 1
-        return [
-            Completion(c.text, c.finish_reason,
-                       res.usage.prompt_tokens if single else None,
-                       res.usage.completion_tokens if single else None)
-            for c in sorted(res.choices, key=lambda c: c.index)
-        ]
+        out = []
+        for c in sorted(res.choices, key=lambda c: c.index):
+            prompt_tokens = len(c.prompt_token_ids) if c.prompt_token_ids is not None else (
+                res.usage.prompt_tokens if single else None)
+            completion_tokens = len(c.token_ids) if c.token_ids is not None else (
+                res.usage.completion_tokens if single else None)
+            logprobs = c.logprobs.token_logprobs if c.logprobs is not None else None
+            out.append(Completion(c.text, c.finish_reason, prompt_tokens, completion_tokens,
+                                  _logprob_sum(logprobs) if logprobs is not None else None))
+        return out
 
     async def stream(self, request: PreparedRequest) -> AsyncGenerator[Delta, None]:
         state = self._state()
@@ -330,6 +312,9 @@ class VLLMEngine(Engine):
 
     async def _deltas(self, sse: AsyncIterator[str], chat: bool) -> AsyncGenerator[Delta, None]:
         finish: str | None = None
+        tokens = 0  # generated since the last yielded piece
+        cumulative: float | None = None
+        prompt_tokens: int | None = None  # from the first chunk's prompt_token_ids
         try:
             async for event in sse:
                 payload = event.removeprefix("data: ").strip()
@@ -339,19 +324,44 @@ class VLLMEngine(Engine):
                 if "error" in obj:
                     err = obj["error"]
                     raise from_status(int(err.get("code") or 500), err.get("message", str(err)))
+                if obj.get("prompt_token_ids") is not None:  # chat: on the first chunk
+                    prompt_tokens = len(obj["prompt_token_ids"])
                 for ch in obj.get("choices") or ():
                     text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
                     finish = ch.get("finish_reason") or finish
+                    tokens += len(ch.get("token_ids") or ())
+                    if ch.get("prompt_token_ids") is not None:
+                        prompt_tokens = len(ch["prompt_token_ids"])
+                    logprobs = _chunk_logprobs(ch.get("logprobs"), chat)
+                    if logprobs is not None:
+                        cumulative = (cumulative or 0.0) + _logprob_sum(logprobs)
                     if text:
-                        yield Delta(index=ch.get("index", 0), text=text)
+                        yield Delta(index=ch.get("index", 0), text=text,
+                                    prompt_tokens=prompt_tokens, tokens=tokens,
+                                    cumulative_logprob=cumulative)
+                        tokens = 0
                 usage = obj.get("usage")
                 if usage and not obj.get("choices"):
                     yield Delta(0, "", finish, usage.get("prompt_tokens"),
-                                usage.get("completion_tokens"))
+                                usage.get("completion_tokens"), tokens, cumulative)
         finally:
             close = getattr(sse, "aclose", None)
             if close is not None:
                 await close()  # aborts the engine request when the consumer went away
+
+
+def _logprob_sum(values: Any) -> float:
+    """Sum of the sampled tokens' logprobs (a missing entry counts as nothing)."""
+    return float(sum(v for v in values if v is not None))
+
+
+def _chunk_logprobs(logprobs: Any, chat: bool) -> list[float] | None:
+    """The sampled tokens' logprobs of one streamed chunk (completions or chat shape)."""
+    if not logprobs:
+        return None
+    if chat:
+        return [item.get("logprob") for item in logprobs.get("content") or ()]
+    return list(logprobs.get("token_logprobs") or ())
 
 
 def raw_client(engine: VLLMEngine) -> EngineClient:

@@ -6,20 +6,28 @@ interceptor runs the pipeline's transport steps for every RPC, as the HTTP gate 
 every route: request id, the API key (on every RPC but the health ones), readiness and model
 resolution for inference, the in-flight count and one count of each inference outcome, and
 one rendering of every error as a gRPC status.
+
+``ModelStreamInfer`` (Triton's bidirectional stream, which KServe's proto lacks) is registered
+as a generic handler under the same service name; the interceptor checks its key once per
+stream, and ``StreamInfer`` runs the pipeline's per-request steps (readiness, model, in-flight,
+admission, one outcome count) for every request read from it, as ModelInfer does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent import futures
 from typing import Any
 
 import grpc
 from grpc import aio
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferRequest
 
 from runtime import routes
 from runtime.dataplane import as_serving_error
@@ -27,11 +35,14 @@ from runtime.errors import ServingError
 from runtime.logs import new_request_id, request_id
 from runtime.metrics import count_request
 from runtime.pipeline import Pipeline, outcome_of
+from runtime.protocol import triton
 
 logger = logging.getLogger(__name__)
 
 HEALTH_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 INFERENCE_RPCS = frozenset({"ModelInfer"})
+STREAM_RPCS = frozenset({"ModelStreamInfer"})
+SERVICE = "inference.GRPCInferenceService"
 
 
 def _model_of(request: Any) -> str | None:
@@ -53,9 +64,11 @@ class PipelineInterceptor(aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
+        rpc = details.method.rsplit("/", 1)[-1]
+        if handler is not None and handler.stream_stream is not None and rpc in STREAM_RPCS:
+            return self._stream_handler(rpc, handler)
         if handler is None or handler.unary_unary is None:
             return handler
-        rpc = details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
 
         async def call(request: Any, context: aio.ServicerContext) -> Any:
@@ -73,6 +86,30 @@ class PipelineInterceptor(aio.ServerInterceptor):
                 request_id.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
+
+    def _stream_handler(self, rpc: str, handler: Any) -> Any:
+        """The key once per stream (the metadata is the stream's); the per-request steps run
+        in ``StreamInfer``."""
+        inner = handler.stream_stream
+
+        async def call(requests: AsyncIterator[Any], context: aio.ServicerContext) -> None:
+            metadata = {m.key: m.value for m in (context.invocation_metadata() or ())}
+            token = request_id.set(new_request_id(metadata.get("x-request-id")))
+            try:
+                try:
+                    self.pipeline.authenticate(metadata.get("authorization"))
+                except ServingError as err:
+                    count_request(self.pipeline.default_model, routes.V2_GRPC,
+                                  outcome_of(int(err.http_status)))
+                    logger.info("gRPC %s -> %s: %s", rpc, err.grpc_code, err.message)
+                    await context.abort(grpc.StatusCode[err.grpc_code], err.message)
+                await inner(requests, context)
+            finally:
+                request_id.reset(token)
+
+        return grpc.stream_stream_rpc_method_handler(
             call, request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer)
 
@@ -103,6 +140,82 @@ class PipelineInterceptor(aio.ServerInterceptor):
             return response
 
 
+def _raw(payload: bytes) -> bytes:
+    return payload
+
+
+class StreamInfer:
+    """``ModelStreamInfer``: every request read from the stream runs concurrently (Triton's
+    decoupled models do), through the same pipeline steps as ModelInfer; its responses are
+    written as they come, errors as in-stream ``error_message`` responses, so the stream stays
+    usable. A cancelled stream cancels its requests, which aborts their engine requests."""
+
+    def __init__(self, pipeline: Pipeline, data_plane: Any) -> None:
+        self.pipeline = pipeline
+        self.data_plane = data_plane
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                self, request_deserializer=pb.ModelInferRequest.FromString,
+                response_serializer=_raw)})
+
+    async def __call__(self, requests: AsyncIterator[Any], context: aio.ServicerContext) -> None:
+        lock = asyncio.Lock()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def write(payload: bytes) -> None:
+            async with lock:
+                await context.write(payload)
+
+        try:
+            async for request in requests:
+                task = asyncio.ensure_future(self._one(request, write))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:  # the client closed its side: finish what it asked for
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _one(self, request: Any, write: Callable[[bytes], Awaitable[None]]) -> None:
+        pipeline = self.pipeline
+        name = request.model_name or None
+        token = request_id.set(new_request_id(request.id or None))
+        try:
+            try:
+                pipeline.check_ready()
+                model = pipeline.resolve(name)
+            except ServingError as exc:
+                count_request(pipeline.label(name), routes.V2_GRPC,
+                              outcome_of(int(exc.http_status)))
+                raise
+            with pipeline.call(routes.V2_GRPC, model) as record:
+                try:
+                    served = self.data_plane.get_model_from_registry(model)
+                    async for response in served.stream_predict(InferRequest.from_grpc(request)):
+                        await write(triton.stream_response(response.to_grpc().SerializeToString()))
+                except ServingError:
+                    raise
+                except Exception as exc:
+                    raise as_serving_error(exc) from exc
+                record.outcome = "success"
+        except Exception as exc:
+            err = as_serving_error(exc)
+            level = logging.INFO if err.http_status < 500 else logging.ERROR
+            logger.log(level, "gRPC ModelStreamInfer -> %s: %s", err.grpc_code, err.message)
+            answer = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            try:
+                await write(triton.stream_response(answer.SerializeToString(), err.message))
+            except Exception:  # the stream itself is gone: nobody is left to tell
+                logger.info("gRPC ModelStreamInfer: stream closed before the error was sent")
+        finally:
+            request_id.reset(token)
+
+
 class RuntimeGRPCServer(GRPCServer):
     """KServe's gRPC server with the pipeline interceptor and a bounded message size."""
 
@@ -121,6 +234,8 @@ class RuntimeGRPCServer(GRPCServer):
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             servicer, self._server)
+        self._server.add_generic_rpc_handlers(
+            (StreamInfer(self._pipeline, self._data_plane).handler(),))
         self._server.add_insecure_port(f"[::]:{self._port}")
         logger.info("gRPC server on port %d", self._port)
         await self._server.start()

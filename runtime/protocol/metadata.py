@@ -1,7 +1,8 @@
 """v2 model metadata that describes the text tensors and the accepted parameters.
 
 Why not KServe's: its ``ModelMetadataResponse`` has no room for parameters, and a v2 client
-needs to know that sampling settings travel in the request's ``parameters``.
+needs to know that sampling settings travel in the request's ``parameters`` (or, Triton's way,
+in the ``sampling_parameters`` tensor) and which switches the option tensors accept.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from fastapi import APIRouter
 
 from runtime.engine.base import Engine
 from runtime.errors import ModelNotFoundError
-from runtime.protocol import v2
+from runtime.protocol import triton, v2
 
 
 def build_router(engine: Engine, served_names: list[str]) -> APIRouter:
@@ -24,7 +25,8 @@ def build_router(engine: Engine, served_names: list[str]) -> APIRouter:
             raise ModelNotFoundError(model_name)
         params = {**engine.parameters,
                   v2.CHAT_PARAMETER: "bool, default false: send each text_input as one user "
-                                     "message through the model's chat template"}
+                                     "message through the model's chat template",
+                  **triton.PARAMETERS}
         return {
             "name": model_name,
             "versions": [],

@@ -17,6 +17,14 @@ def test_kserve_flags_and_engine_passthrough(tmp_path) -> None:
     assert s.served_model_aliases == ["alias"]
 
 
+def test_served_model_name_takes_several_values(tmp_path) -> None:
+    """vLLM's --served-model-name is nargs="+" (KServe's LLMInferenceService passes two)."""
+    s = cli.parse(["--model_name=m", f"--model_dir={tmp_path}", "--served-model-name", "m",
+                   "publishers/ns/models/m", "--max-model-len=1024"])
+    assert s.served_model_aliases == ["publishers/ns/models/m"]
+    assert s.engine_argv == ["--max-model-len=1024"]
+
+
 def test_model_alias_conflict_and_missing_folder(tmp_path) -> None:
     assert cli.parse(["--model", str(tmp_path)]).model_dir == str(tmp_path)
     assert cli.parse(["--model", "org/hub-model"]).model_dir == "org/hub-model"
@@ -35,3 +43,20 @@ def test_vllm_listener_flags_are_dropped(tmp_path) -> None:
 def test_workers_must_be_one(tmp_path) -> None:
     with pytest.raises(SystemExit):
         cli.parse(["--model_dir", str(tmp_path), "--workers", "2"])
+
+
+def test_help_engine_lists_vllm_engine_arguments() -> None:
+    """README: `python -m runtime --help-engine` lists vLLM's engine arguments (the exact
+    command, no --model_dir: it must not need a model, and starts no engine)."""
+    import subprocess
+    import sys
+
+    from tests.support.server import REPO
+
+    done = subprocess.run([sys.executable, "-m", "runtime", "--help-engine"], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for flag in ("--max-model-len", "--dtype", "--enforce-eager", "--tensor-parallel-size",
+                 "--served-model-name"):
+        assert flag in done.stdout, flag
+    assert "--max_request_bytes" not in done.stdout  # vLLM's arguments, not the runtime's

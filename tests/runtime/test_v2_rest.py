@@ -65,7 +65,7 @@ def test_stop_and_max_tokens_mean_the_same(http: httpx.Client) -> None:
 
 def test_metadata_describes_tensors_and_parameters(http: httpx.Client) -> None:
     meta = http.get(f"/v2/models/{MODEL}").json()
-    assert meta["inputs"] == [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["inputs"][0] == {"name": "text_input", "datatype": "BYTES", "shape": [-1]}
     assert meta["outputs"][0]["name"] == "text_output"
     assert {"max_tokens", "temperature", "top_p", "stop", "seed",
             "apply_chat_template"} <= set(meta["parameters"])

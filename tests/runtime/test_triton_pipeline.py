@@ -1,0 +1,164 @@
+"""Unit tier: ModelStreamInfer behind the pipeline interceptor, in-process on a fake engine.
+
+Why: the key, readiness, model resolution and the one outcome count per streamed request are
+the pipeline's; they are checked here in milliseconds with the same interceptor and handler
+objects the runtime installs (the engine's own behaviour is test_triton_stream.py's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+from runtime.lifecycle import State
+from runtime.model import LLMModel
+from runtime.protocol.grpc_server import PipelineInterceptor, StreamInfer
+from tests.runtime.test_triton_codec import _stream_response_class
+from tests.support.app import assemble
+
+METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def infer_request(prompt: str, model: str = "smollm2", stream: bool = True,
+                  **params: Any) -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=model, id=prompt, inputs=[
+        pb.ModelInferRequest.InferInputTensor(
+            name="text_input", datatype="BYTES", shape=[1],
+            contents=pb.InferTensorContents(bytes_contents=[prompt.encode()]))])
+    req.parameters["stream"].bool_param = stream
+    for key, value in params.items():
+        req.parameters[key].int64_param = value
+    return req
+
+
+async def _exchange(requests: list[pb.ModelInferRequest], *, key: str | None = None,
+                    state: State = State.READY) -> tuple[list[Any], Any]:
+    """Send ``requests`` on one stream, one after the other, and collect every response."""
+    parts = assemble(api_key=key, state=state) if key else assemble(state=state)
+    model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
+    data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
+    server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
+    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    response_class = _stream_response_class()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream(
+                METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=response_class.FromString)(
+                metadata=(("authorization", f"Bearer {key}"),) if key else None)
+            out = []
+            for request in requests:
+                await call.write(request)
+                while True:
+                    message = await call.read()
+                    inner = pb.ModelInferResponse.FromString(message.infer_response)
+                    out.append((message.error_message, inner))
+                    final = inner.parameters.get("triton_final_response")
+                    if message.error_message or (final is not None and final.bool_param):
+                        break
+            await call.done_writing()
+            return out, parts
+    finally:
+        await server.stop(None)
+
+
+def _text(inner: pb.ModelInferResponse) -> str:
+    return b"".join(inner.outputs[0].contents.bytes_contents).decode() if inner.outputs else ""
+
+
+def _count(outcome: str, model: str = "smollm2") -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("kserve_llm_requests_total", {
+        "model": model, "protocol": "v2-grpc", "outcome": outcome}) or 0.0
+
+
+def test_stream_answers_pieces_then_a_final_response() -> None:
+    before = _count("success"), _count("client_error", "_other")
+    out, _ = asyncio.run(_exchange([
+        infer_request("a b c"),
+        infer_request("x y", model="nope"),
+        infer_request("one two", max_tokens=3, stream=False),
+    ]))
+    pieces = [inner for err, inner in out[:4]]
+    assert [_text(p) for p in pieces] == ["c ", "b ", "a ", ""]
+    assert [p.parameters["triton_final_response"].bool_param for p in pieces] == [
+        False, False, False, True]
+    assert pieces[-1].parameters["finish_reason"].string_param == "stop"
+    error, inner = out[4]
+    assert "nope" in error and inner.id == "x y"  # in-stream, correlated by id
+    error, inner = out[5]
+    assert not error and _text(inner) == "two one"
+    assert inner.parameters["triton_final_response"].bool_param
+    # One count per request read from the stream (an unknown model under "_other").
+    assert (_count("success"), _count("client_error", "_other")) == (before[0] + 2,
+                                                                     before[1] + 1)
+
+
+def test_stream_checks_readiness_per_request() -> None:
+    out, _ = asyncio.run(_exchange([infer_request("a")], state=State.DRAINING))
+    assert "not ready" in out[0][0]
+
+
+def test_stream_needs_the_key() -> None:
+    out, _ = asyncio.run(_exchange([infer_request("a b")], key="sesame"))
+    assert _text(out[0][1]) == "b "
+
+    async def without_key() -> None:
+        parts = assemble(api_key="sesame")
+        server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
+        server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, None).handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(
+                    METHOD, request_serializer=pb.ModelInferRequest.SerializeToString)()
+                await call.write(infer_request("a"))
+                await call.read()
+        finally:
+            await server.stop(None)
+
+    with pytest.raises(aio.AioRpcError) as err:
+        asyncio.run(without_key())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_requests_on_one_stream_run_concurrently() -> None:
+    """Both requests are written before any answer is read; each answer is told apart by
+    its id, and the second (shorter) one may finish first."""
+    from tests.support.fake_engine import FakeEngine
+
+    async def go() -> dict[str, str]:
+        parts = assemble(engine=FakeEngine(delay=0.05))
+        model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
+        data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
+        server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
+        server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        texts: dict[str, str] = {}
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(
+                    METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                    response_deserializer=_stream_response_class().FromString)()
+                await call.write(infer_request("a b c d e f"))
+                await call.write(infer_request("x y"))
+                await call.done_writing()
+                async for message in call:
+                    inner = pb.ModelInferResponse.FromString(message.infer_response)
+                    texts[inner.id] = texts.get(inner.id, "") + _text(inner)
+        finally:
+            await server.stop(None)
+        return texts
+
+    assert asyncio.run(go()) == {"a b c d e f": "f e d c b a ", "x y": "y x "}
