@@ -28,14 +28,15 @@ from benchmarks.records import RequestRecord
 from benchmarks.workload import Prompt
 
 APIS = ("openai-chat", "openai-completions", "v2-generate-stream", "v2-generate", "v2-infer",
-        "v2-grpc")
-STREAMING = {"openai-chat", "openai-completions", "v2-generate-stream"}
+        "v2-grpc", "v2-grpc-stream")
+STREAMING = {"openai-chat", "openai-completions", "v2-generate-stream", "v2-grpc-stream"}
 # What a server without v2 routes (plain vLLM) is sent instead, for the same engine work.
 BASELINE_EQUIVALENT = {
     "v2-generate-stream": "openai-completions",
     "v2-generate": "openai-completions-nostream",
     "v2-infer": "openai-completions-nostream",
     "v2-grpc": "openai-completions-nostream",
+    "v2-grpc-stream": "openai-completions",
 }
 
 

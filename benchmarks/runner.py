@@ -92,7 +92,7 @@ class _Clients:
         for t in self.targets:
             self.http[t.name] = aiohttp.ClientSession(
                 timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False))
-            if "v2-grpc" in self.plan.apis and t.has_v2:
+            if {"v2-grpc", "v2-grpc-stream"} & set(self.plan.apis) and t.has_v2:
                 from benchmarks.grpc_client import grpc_client
 
                 self.grpc[t.name] = grpc_client(t)
@@ -106,10 +106,10 @@ class _Clients:
 
     def sender_for(self, target: Target, api: str) -> tuple[Any, Any]:
         sent = target.api_for(api)
-        if sent == "v2-grpc":
-            from benchmarks.grpc_client import v2_grpc
+        if sent in ("v2-grpc", "v2-grpc-stream"):
+            from benchmarks.grpc_client import v2_grpc, v2_grpc_stream
 
-            return v2_grpc, self.grpc[target.name]
+            return (v2_grpc if sent == "v2-grpc" else v2_grpc_stream), self.grpc[target.name]
         return SENDERS[sent], self.http[target.name]
 
 
