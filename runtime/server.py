@@ -55,7 +55,13 @@ class Supervisor:
     def _on_signal(self, sig: int) -> None:
         if self.lifecycle.state is State.DRAINING:
             logger.warning("second signal %s while draining: stopping now", sig)
-            self._stop_servers(sig)
+            self._stop_servers(sig, force=True)
+            return
+        if self.lifecycle.state is State.STOPPED:
+            return
+        if self.lifecycle.state is not State.READY:
+            logger.info("signal %s while %s: stopping", sig, self.lifecycle.state.value)
+            self._stop_servers(sig, force=True)
             return
         self.lifecycle.set(State.DRAINING, f"draining after signal {sig}")
         asyncio.get_running_loop().create_task(self._drain(sig))
@@ -71,10 +77,14 @@ class Supervisor:
                            self.admission.requests)
         self._stop_servers(sig)
 
-    def _stop_servers(self, sig: int) -> None:
+    def _stop_servers(self, sig: int, force: bool = False) -> None:
+        """Stop the listeners; ``force``: close open connections (streams) too, rather than
+        waiting for uvicorn's graceful shutdown."""
         rest = getattr(self.model_server, "_rest_server", None)
         if rest is not None:
             rest._server.should_exit = True
+            if force:
+                rest._server.force_exit = True
         self.model_server.stop(sig)  # gRPC server stop + model unload -> request_stop()
         self.stopping.set()
 

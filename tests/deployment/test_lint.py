@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployment.manifests import load_manifests, plan
+from deployment.manifests import load_manifests, plan, select_runtime
 from deployment.pods import pod_documents
 from tests.deployment.conftest import DOCKER_DIR, EXAMPLE_FILES, REPO, RUNTIME_FILES, example
 
@@ -77,17 +77,36 @@ def _checkov(target: Path) -> dict:
     return report[0] if isinstance(report, list) else report
 
 
+def expected_pod_names(isvc, runtimes) -> list[str]:
+    """The pods KServe creates for an InferenceService, read from the YAML: a predictor (the
+    head when its runtime has a ``workerSpec``), ``pipelineParallelSize - 1`` workers (the
+    InferenceService's ``predictor.workerSpec`` over the runtime's), an explainer if it has
+    one."""
+    name, spec = isvc.doc["metadata"]["name"], isvc.doc["spec"]
+    names = [f"{name}-predictor"]
+    worker_rt = select_runtime(isvc.doc, runtimes).doc["spec"].get("workerSpec")
+    if worker_rt:
+        nodes = int(spec["predictor"].get("workerSpec", {}).get(
+            "pipelineParallelSize", worker_rt.get("pipelineParallelSize", 1)))
+        names += [f"{name}-predictor-worker-{i}" for i in range(nodes - 1)]
+    if spec.get("explainer"):
+        names.append(f"{name}-explainer")
+    return sorted(names)
+
+
 def test_checkov_passes_on_every_pod_the_manifests_create(tmp_path: Path) -> None:
     runtimes = load_manifests(RUNTIME_FILES)
     pods = []
     for f in EXAMPLE_FILES:
-        docs = pod_documents(plan(example(f.stem), runtimes))
+        isvc = example(f.stem)
+        docs = pod_documents(plan(isvc, runtimes))
+        assert sorted(d["metadata"]["name"] for d in docs) == expected_pod_names(isvc, runtimes)
         pods += docs
         policies = [d for d in yaml.safe_load_all(f.read_text()) if d and
                     d["kind"] == "NetworkPolicy"]
         (tmp_path / f.name).write_text(yaml.safe_dump_all(docs + policies, sort_keys=False))
-    # head, worker, and a predictor per example, plus the two explainers
-    assert len(pods) == 7
+    assert len(pods) == sum(len(expected_pod_names(example(f.stem), runtimes))
+                            for f in EXAMPLE_FILES)
     report = _checkov(tmp_path)
     summary = report["summary"]
     failed = [f"{c['check_id']} {c['check_name']} ({c['resource']})"

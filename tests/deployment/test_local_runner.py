@@ -111,7 +111,9 @@ class TestStandardCpu:
         [metric] = example("smollm2-standard-cpu").doc["spec"]["predictor"]["autoScaling"][
             "metrics"]
         selectors = re.findall(r"(vllm:\w+)\{([^}]*)\}", metric["external"]["metric"]["query"])
-        assert len(selectors) == 2
+        # README: "KEDA autoscaling on running + waiting requests"
+        assert sorted(n for n, _ in selectors) == ["vllm:num_requests_running",
+                                                   "vllm:num_requests_waiting"], selectors
         text = httpx.get(standard_cpu.component_url("predictor") + "/metrics").text
         for name, labels in selectors:
             wanted = dict(re.findall(r'(\w+)="([^"]*)"', labels))

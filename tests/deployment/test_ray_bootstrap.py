@@ -53,20 +53,23 @@ def test_head_waits_for_the_worker_then_serves(model_dir: str) -> None:
         plan(isvc, runtimes(), ("predictor",)), model_dir=model_dir,  # its own temp folder
         extra_env={**RAY_ENV, "TENSOR_PARALLEL_SIZE": "1", "PIPELINE_PARALLEL_SIZE": "1",
                    "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_WAIT_TIMEOUT": "300"})
+    # the example's node count (pipelineParallelSize): a head and one worker per further node
+    nodes = int(isvc.doc["spec"]["predictor"]["workerSpec"]["pipelineParallelSize"])
+    assert len(dep.containers) == nodes == 2, "this test runs one head and one worker"
     head, worker = dep.containers
-    assert head.env["RAY_NODE_COUNT"] == "2" and worker.env["HEAD_SVC"] == "127.0.0.1"
+    assert head.env["RAY_NODE_COUNT"] == str(nodes) and worker.env["HEAD_SVC"] == "127.0.0.1"
     sessions = []
     try:
         dep.start_container(head)
         sessions.append(head.process.pid)
-        log = _wait_for_log(head.process.log_path, "waiting for Ray nodes: 1 of 2 joined", 120)
+        log = _wait_for_log(head.process.log_path, f"waiting for Ray nodes: 1 of {nodes} joined", 120)
         assert "starting the runtime" not in log
         assert not head.probe("readinessProbe").ok  # nothing serves until the worker joined
         dep.start_container(worker)
         sessions.append(worker.process.pid)
         dep.wait_started([head, worker], timeout=600)
         log = head.process.log_path.read_text()
-        assert "2 of 2 Ray nodes joined" in log
+        assert f"{nodes} of {nodes} Ray nodes joined" in log
         assert "--distributed-executor-backend=mp" in log  # no GPU: vLLM's CPU executor
         for c in (head, worker):
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):

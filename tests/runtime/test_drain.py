@@ -87,3 +87,57 @@ def test_sigterm_drains_in_flight_requests(model_dir: str) -> None:
         assert time.monotonic() - t_term < 60, "did not exit within the drain timeout"
     finally:
         server.stop()
+
+
+def test_second_signal_during_drain_stops_at_once(model_dir: str) -> None:
+    """README: "A second signal stops at once": SIGTERM starts a drain that a long stream would
+    keep going for minutes; SIGINT then ends the process within seconds, long before
+    --drain_timeout."""
+    drain_timeout = 300
+    server = start_runtime(model_dir=model_dir, extra=["--max-model-len=1024",
+                                                       f"--drain_timeout={drain_timeout}"],
+                           name="drain-twice")
+    url = server.url
+    try:
+        results: list = [None]
+        started = threading.Event()
+        body = {"text_input": "Tell me a very long story",
+                "parameters": {"max_tokens": 1000, "ignore_eos": True}}
+
+        def stream() -> None:
+            events = []
+            try:
+                with httpx.stream("POST", url + "/v2/models/smollm2/generate_stream", json=body,
+                                  timeout=httpx.Timeout(drain_timeout)) as r:
+                    for line in r.iter_lines():
+                        if line.startswith("data: "):
+                            events.append(json.loads(line[6:]))
+                            started.set()
+                results[0] = events
+            except Exception as exc:  # the server goes away mid-stream: expected
+                results[0] = exc
+
+        thread = threading.Thread(target=stream, daemon=True)
+        thread.start()
+        assert started.wait(120), "the stream never started"
+        os.kill(server.pid, signal.SIGTERM)
+        # draining (readiness false, the stream still running), not stopped
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/v2/health/ready", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "SIGTERM did not start a drain"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert server.proc.poll() is None, "the first signal stopped the process"
+        assert results[0] is None, "the stream finished: nothing kept the drain going"
+        os.kill(server.pid, signal.SIGINT)
+        t_int = time.monotonic()
+        server.proc.wait(timeout=30)
+        stopped_after = time.monotonic() - t_int
+        assert stopped_after < 15, f"exited {stopped_after:.1f} s after the second signal"
+        thread.join(30)
+        events = results[0]
+        # the stream was cut, not completed: it ends in an error or without its last event
+        assert isinstance(events, Exception) or not events or \
+            "usage" not in events[-1], events[-1:]
+    finally:
+        server.stop()

@@ -42,3 +42,17 @@ def test_generation_routes_refuse_clearly(minilm) -> None:
     assert r.status_code == 400 and "embeddings" in r.json()["error"]
     r = httpx.post(minilm.url + "/v2/models/minilm/generate", json={"text_input": "a"})
     assert r.status_code == 400 and "embeddings" in r.json()["error"]
+
+
+def test_unprefixed_embeddings_answer_like_openai_ones(minilm) -> None:
+    """README: the unprefixed /v1/embeddings answers too, the same as /openai/v1/embeddings."""
+    body = {"model": "minilm", "input": ["A cat sits on the mat.", "Stock markets fell."]}
+    plain = httpx.post(minilm.url + "/v1/embeddings", json=body, timeout=60)
+    prefixed = httpx.post(minilm.url + "/openai/v1/embeddings", json=body, timeout=60)
+    assert plain.status_code == 200, plain.text
+    assert prefixed.status_code == 200, prefixed.text
+    a = np.array([d["embedding"] for d in plain.json()["data"]])
+    b = np.array([d["embedding"] for d in prefixed.json()["data"]])
+    assert a.shape == (2, 384)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert plain.json()["usage"] == prefixed.json()["usage"]
