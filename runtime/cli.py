@@ -140,33 +140,19 @@ def _normalise(argv: Sequence[str], own: set[str]) -> list[str]:
     return out
 
 
-def _take_all(argv: list[str], flag: str) -> tuple[list[str], list[str]]:
-    """Remove ``flag V1 V2 ...`` (vLLM's nargs="+") / ``flag=V``; return (rest, values)."""
-    rest, values, i = [], [], 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok == flag:
-            i += 1
-            while i < len(argv) and not argv[i].startswith("-"):
-                values.append(argv[i])
-                i += 1
-            continue
-        if tok.startswith(flag + "="):
-            values.append(tok.split("=", 1)[1])
-        else:
-            rest.append(tok)
-        i += 1
-    return rest, values
-
-
-def _take(argv: list[str], flag: str) -> tuple[list[str], list[str]]:
-    """Remove ``flag VALUE`` / ``flag=VALUE`` occurrences; return (rest, values)."""
+def _take(argv: list[str], flag: str, many: bool = False) -> tuple[list[str], list[str]]:
+    """Remove ``flag VALUE`` / ``flag=VALUE`` occurrences (``many``: ``flag V1 V2 ...``, as
+    vLLM's ``nargs="+"`` flags take); return (rest, values)."""
     rest, values, i = [], [], 0
     while i < len(argv):
         tok = argv[i]
         if tok == flag and i + 1 < len(argv):
-            values.append(argv[i + 1])
-            i += 2
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+                if not many:
+                    break
             continue
         if tok.startswith(flag + "="):
             values.append(tok.split("=", 1)[1])
@@ -203,7 +189,7 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
     model_dir = model_dir or "/mnt/models"
     if model_dir.startswith(("/", ".")) and not os.path.isdir(model_dir):
         parser.error(f"model folder {model_dir} does not exist (--model_dir)")
-    engine_argv, aliases = _take_all(engine_argv, "--served-model-name")
+    engine_argv, aliases = _take(engine_argv, "--served-model-name", many=True)
     return RuntimeSettings(
         model_name=args.model_name,
         model_dir=model_dir,
