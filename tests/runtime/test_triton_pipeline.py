@@ -37,16 +37,23 @@ def infer_request(prompt: str, model: str = "smollm2", stream: bool = True,
     return req
 
 
-async def _exchange(requests: list[pb.ModelInferRequest], *, key: str | None = None,
-                    state: State = State.READY) -> tuple[list[Any], Any]:
-    """Send ``requests`` on one stream, one after the other, and collect every response."""
-    parts = assemble(api_key=key, state=state) if key else assemble(state=state)
+async def _serve(parts: Any) -> tuple[Any, int]:
+    """An in-process gRPC server with the stream handler and the pipeline interceptor, on the
+    assembled app's fake engine; returns (server, port)."""
     model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
     data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
     server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
     server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    return server, port
+
+
+async def _exchange(requests: list[pb.ModelInferRequest], *, key: str | None = None,
+                    state: State = State.READY) -> tuple[list[Any], Any]:
+    """Send ``requests`` on one stream, one after the other, and collect every response."""
+    parts = assemble(api_key=key, state=state) if key else assemble(state=state)
+    server, port = await _serve(parts)
     response_class = _stream_response_class()
     try:
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -138,13 +145,7 @@ def test_requests_on_one_stream_run_concurrently() -> None:
     from tests.support.fake_engine import FakeEngine
 
     async def go() -> dict[str, str]:
-        parts = assemble(engine=FakeEngine(delay=0.05))
-        model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
-        data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
-        server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
-        server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        server, port = await _serve(assemble(engine=FakeEngine(delay=0.05)))
         texts: dict[str, str] = {}
         try:
             async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
