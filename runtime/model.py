@@ -60,7 +60,7 @@ class LLMModel(Model):
 
     async def _complete(self, payload: InferRequest, text: v2.TextRequest) -> InferResponse:
         prepared = self.llm.prepare(text.prompts, text.params, chat=text.chat, stream=False,
-                                    limits=self.pipeline.limits)
+                                    limits=self.pipeline.limits, model=self.name)
         self.pipeline.admit(prepared.work)
         completions = await self.llm.complete(prepared)
         return v2.encode_response(payload, self.name, completions, text)
@@ -77,7 +77,7 @@ class LLMModel(Model):
             yield response
             return
         prepared = self.llm.prepare(text.prompts, text.params, chat=text.chat, stream=True,
-                                    limits=self.pipeline.limits)
+                                    limits=self.pipeline.limits, model=self.name)
         self.pipeline.admit(prepared.work)
         deltas = await self.llm.stream(prepared)
         first = final = False

@@ -77,9 +77,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
-                limits: Limits) -> PreparedRequest:
+                limits: Limits, model: str | None = None) -> PreparedRequest:
         """Validate prompts and sampling parameters into typed requests; ``ClientError`` on
-        bad input. A request without ``max_tokens`` gets ``limits.token_cap()``."""
+        bad input. A request without ``max_tokens`` gets ``limits.token_cap()``. ``model`` is
+        the served name the request was routed to (an alias or a LoRA adapter; None: the
+        base model), so that every protocol reaches the same adapter."""
 
     @abc.abstractmethod
     async def complete(self, request: PreparedRequest) -> list[Completion]:

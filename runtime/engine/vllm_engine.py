@@ -217,7 +217,7 @@ class VLLMEngine(Engine):
         return self.openai_app.state
 
     def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
-                limits: Limits) -> PreparedRequest:
+                limits: Limits, model: str | None = None) -> PreparedRequest:
         """Validate once with vLLM's OpenAI request models: the same names, meanings,
         defaults and messages as the OpenAI routes."""
         if not prompts:
@@ -228,7 +228,7 @@ class VLLMEngine(Engine):
                 f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
         # Token ids per choice (and per streamed chunk) give exact per-prompt token counts.
-        base = {"model": self.model_name, **params, **extra, "return_token_ids": True}
+        base = {"model": model or self.model_name, **params, **extra, "return_token_ids": True}
         if chat:
             if "logprobs" in params:  # SamplingParams' name -> the chat API's two fields
                 base |= {"logprobs": True, "top_logprobs": params["logprobs"]}

@@ -54,10 +54,10 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
     """The generate extension's routes, bound to one engine and the pipeline."""
     router = APIRouter()
 
-    async def _prepare(request: Request, stream: bool) -> PreparedRequest:
+    async def _prepare(request: Request, model_name: str, stream: bool) -> PreparedRequest:
         text = decode_generate(await read_json(request))
         prepared = engine.prepare(text.prompts, text.params, chat=text.chat, stream=stream,
-                                  limits=pipeline.limits)
+                                  limits=pipeline.limits, model=model_name)
         pipeline.admit(prepared.work)
         return prepared
 
@@ -66,14 +66,14 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
 
     @router.post("/v2/models/{model_name}/generate")
     async def generate(model_name: str, request: Request) -> JSONResponse:
-        (result,) = await engine.complete(await _prepare(request, stream=False))
+        (result,) = await engine.complete(await _prepare(request, model_name, stream=False))
         return JSONResponse({**_base(model_name), "text_output": result.text,
                              "finish_reason": result.finish_reason,
                              "usage": _usage(result.prompt_tokens, result.completion_tokens)})
 
     @router.post("/v2/models/{model_name}/generate_stream")
     async def generate_stream(model_name: str, request: Request) -> StreamingResponse:
-        deltas = await engine.stream(await _prepare(request, stream=True))
+        deltas = await engine.stream(await _prepare(request, model_name, stream=True))
         # Some checks run only once the engine has the request: wait for the first piece
         # so that bad input is still a 4xx before the stream starts (TTFT is unchanged:
         # nothing could be sent before the first token anyway).

@@ -46,7 +46,7 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
     async def predict(model_name: str, request: Request) -> dict[str, Any]:
         text = decode_predict(await read_json(request))
         prepared = engine.prepare(text.prompts, text.params, chat=text.chat, stream=False,
-                                  limits=pipeline.limits)
+                                  limits=pipeline.limits, model=model_name)
         pipeline.admit(prepared.work)
         completions = await engine.complete(prepared)
         return {"predictions": [c.text for c in completions],

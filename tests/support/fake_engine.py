@@ -43,7 +43,7 @@ class FakeEngine(Engine):
         self.submitted: list[PreparedRequest] = []
 
     def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
-                limits: Limits) -> PreparedRequest:
+                limits: Limits, model: str | None = None) -> PreparedRequest:
         unknown = sorted(set(params) - ACCEPTED)
         if unknown:
             raise ClientError(f"unknown parameter(s) {', '.join(unknown)}")
