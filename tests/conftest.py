@@ -36,8 +36,11 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
         yield server
         return
     # A 2048-token context (a vLLM engine argument, passed through) keeps the KV cache small
-    # and makes "prompt longer than the context" cheap to test.
-    server = start_runtime(model_dir=model_dir, extra=["--max-model-len=2048"], name="predictor")
+    # and makes "prompt longer than the context" cheap to test. Tool calling as documented for
+    # SmolLM2 (README, "Structured outputs and tool calls"): hermes, its ChatML tool-call format.
+    server = start_runtime(model_dir=model_dir, extra=[
+        "--max-model-len=2048", "--enable-auto-tool-choice", "--tool-call-parser=hermes"],
+        name="predictor")
     try:
         yield server
     finally:

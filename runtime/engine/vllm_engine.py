@@ -29,7 +29,7 @@ from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.admission import Admission
-from runtime.engine import vllm_openai
+from runtime.engine import structured, vllm_openai, vllm_tools
 from runtime.engine.base import Completion, Delta, Engine, PreparedRequest
 from runtime.engine.vllm_args import (  # noqa: F401 - engine_parser: re-exported
     engine_help,
@@ -67,6 +67,7 @@ V2_PARAMETERS: dict[str, str] = {
     "allowed_token_ids": "list of int",
     "logprobs": "int >= 0: logprobs of each sampled token and this many alternatives (vLLM "
                 "SamplingParams); makes cumulative_logprob available",
+    structured.PARAMETER: structured.DESCRIPTION,
 }
 
 
@@ -226,6 +227,9 @@ class VLLMEngine(Engine):
         if unknown:
             raise ClientError(
                 f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(V2_PARAMETERS)}")
+        if structured.PARAMETER in params:  # an object, or a JSON string (gRPC: scalars)
+            params = {**params,
+                      structured.PARAMETER: structured.decode(params[structured.PARAMETER])}
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
         # Token ids per choice (and per streamed chunk) give exact per-prompt token counts.
         base = {"model": model or self.model_name, **params, **extra, "return_token_ids": True}
@@ -234,11 +238,13 @@ class VLLMEngine(Engine):
                 base |= {"logprobs": True, "top_logprobs": params["logprobs"]}
             items = [vllm_openai.parse("chat", {**base, "messages": [
                 {"role": "user", "content": p}]}) for p in prompts]
+            vllm_tools.verify(items[0], self.client)  # one constraint for the batch
             works = [vllm_openai.work("chat", r, limits) for r in items]
             one = works[0]
             return PreparedRequest(items, True, len(prompts),
                                    Work(len(prompts), one.n, one.max_tokens, one.stop_sequences))
         request = vllm_openai.parse("completion", {**base, "prompt": prompts})
+        vllm_tools.verify(request, self.client)
         return PreparedRequest([request], False, len(prompts),
                                vllm_openai.work("completion", request, limits))
 

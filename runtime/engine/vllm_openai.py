@@ -17,7 +17,10 @@ from typing import Any
 import pydantic
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
@@ -26,6 +29,7 @@ from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, Tokenize
 from vllm.entrypoints.serve.utils.sse_keep_alive import with_sse_keep_alive
 from vllm.exceptions import VLLMValidationError
 
+from runtime.engine import vllm_tools
 from runtime.errors import ClientError, EngineUnavailableError
 from runtime.limits import Limits, Work
 
@@ -71,13 +75,16 @@ def parse(kind: str, body: Any) -> Any:
     if not isinstance(body, dict):
         raise ClientError("request body must be a JSON object")
     try:
-        return ENDPOINTS[kind].adapter.validate_python(body)
+        request = ENDPOINTS[kind].adapter.validate_python(body)
     except pydantic.ValidationError as exc:
         raise ClientError(validation_message(exc)) from None
     except VLLMValidationError as exc:
         raise ClientError(str(exc)) from None
     except Exception as exc:  # vLLM's "before" validators may fail on any untrusted shape
         raise ClientError(f"invalid request: {type(exc).__name__}: {exc}") from None
+    if kind in ("chat", "completion"):
+        vllm_tools.check(request)
+    return request
 
 
 def _count_prompts(prompt: Any) -> int:
@@ -126,10 +133,18 @@ async def respond(kind: str, request: Any, state: Any, raw_request: Request) -> 
         err.grpc_code = "NOT_FOUND"
         raise err
     call = handler if endpoint.method is None else getattr(handler, endpoint.method)
+    # A named or required tool choice is decoded under the tools' schema by the runtime.
+    forced = vllm_tools.force(request) if kind == "chat" else None
+    if kind in ("chat", "completion"):
+        vllm_tools.verify(request, getattr(handler, "engine_client", None))
     try:
         result = await call(request, raw_request)
     except Exception as exc:  # vLLM's routes render these through create_error_response
         result = create_error_response(exc)
+    if forced is not None and isinstance(result, ChatCompletionResponse):
+        result = forced.finish(result)
+    elif forced is not None and not isinstance(result, ErrorResponse | Response):
+        result = forced.stream(result)
     if isinstance(result, ErrorResponse):
         if result.error.code >= 500:
             logger.error("vLLM answered %d: %s", result.error.code, result.error.message)

@@ -1,0 +1,332 @@
+"""Structured outputs and tool calls against the real predictor, on every protocol.
+
+Every check samples at temperature 1.0, at least 10 answers (batched: ``n`` or B prompts in one
+request), and checks meaning: the answer parses and validates against the schema with
+``jsonschema``, is one of the choices, matches the regex; a tool call names an offered function
+and its arguments validate against that function's ``parameters``. Unconstrained, SmolLM2-135M
+at temperature 1.0 produces none of these reliably (a named tool choice came back with
+arguments ``"Paris"`` before the runtime decoded forced calls itself).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+from tests.runtime.conftest import MODEL, assert_still_serving, v2_body
+from tests.runtime.test_grpc import grpc_infer
+from tests.runtime.test_triton_stream import grpc_url, run_client
+
+pytestmark = pytest.mark.slow
+
+N = 10
+# Bounded, so a sample cannot run past max_tokens; the integer range and the enum are meaning.
+WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "celsius", "sky"],
+           "properties": {"city": {"type": "string", "maxLength": 20},
+                          "celsius": {"type": "integer", "minimum": -30, "maximum": 45},
+                          "sky": {"enum": ["sunny", "cloudy", "rain"]}}}
+PROMPT = "Give today's weather in Paris as JSON."
+CHOICES = ["yes", "no", "maybe"]
+REGEX = r"[A-Z][a-z]{2,8} [0-9]{2}-[0-9]{4}"
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+     "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                    "properties": {"city": {"type": "string", "maxLength": 20},
+                                   "unit": {"enum": ["C", "F"]}}}}},
+    {"type": "function", "function": {"name": "get_time", "description": "Time in a timezone",
+     "parameters": {"type": "object", "additionalProperties": False, "required": ["tz"],
+                    "properties": {"tz": {"type": "string", "maxLength": 20},
+                                   "hour24": {"type": "boolean"}}}}},
+]
+PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def assert_fits(text: str, schema: dict[str, Any] = WEATHER) -> None:
+    jsonschema.validate(json.loads(text), schema)
+
+
+def assert_call_fits(name: str, arguments: str, only: str | None = None) -> None:
+    assert name in PARAMS, name
+    if only is not None:
+        assert name == only
+    jsonschema.validate(json.loads(arguments), PARAMS[name])
+
+
+# ---- JSON schema on every protocol ----
+
+def test_openai_chat_response_format_json_schema(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": PROMPT}], n=N, temperature=1.0,
+        max_tokens=200, response_format={"type": "json_schema", "json_schema": {
+            "name": "weather", "schema": WEATHER}})
+    assert len(r.choices) == N
+    for choice in r.choices:
+        assert choice.finish_reason == "stop", choice
+        assert_fits(choice.message.content or "")
+
+
+def test_openai_sdk_parse_returns_the_pydantic_object(oai: openai.OpenAI) -> None:
+    class Weather(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid")
+        city: str = pydantic.Field(max_length=20)
+        celsius: int = pydantic.Field(ge=-30, le=45)
+
+    r = oai.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": PROMPT}],
+                                   response_format=Weather, n=N, temperature=1.0, max_tokens=200)
+    parsed = [c.message.parsed for c in r.choices]
+    assert len(parsed) == N and all(isinstance(p, Weather) for p in parsed), parsed
+    assert all(-30 <= p.celsius <= 45 for p in parsed if p is not None)
+
+
+def test_v2_rest_json_schema_as_a_json_string(http: httpx.Client) -> None:
+    r = http.post(f"/v2/models/{MODEL}/infer", json=v2_body(
+        [PROMPT] * N, max_tokens=200, temperature=1.0, apply_chat_template=True,
+        structured_outputs=json.dumps({"json": WEATHER})))
+    assert r.status_code == 200, r.text
+    for text in r.json()["outputs"][0]["data"]:
+        assert_fits(text)
+
+
+def test_v2_rest_object_in_triton_sampling_parameters(http: httpx.Client) -> None:
+    body = v2_body([PROMPT] * N, max_tokens=200, temperature=1.0, apply_chat_template=True)
+    body["inputs"].append({"name": "sampling_parameters", "datatype": "BYTES", "shape": [1],
+                           "data": [json.dumps({"structured_outputs": {"json": WEATHER}})]})
+    r = http.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert r.status_code == 200, r.text
+    for text in r.json()["outputs"][0]["data"]:
+        assert_fits(text)
+
+
+def test_generate_json_schema_as_an_object(http: httpx.Client) -> None:
+    def one(_: int) -> httpx.Response:
+        return http.post(f"/v2/models/{MODEL}/generate", json={
+            "text_input": PROMPT + "\n", "parameters": {
+                "max_tokens": 200, "temperature": 1.0, "structured_outputs": {"json": WEATHER}}})
+
+    with ThreadPoolExecutor(N) as pool:  # concurrent: the engine batches them
+        answers = list(pool.map(one, range(N)))
+    for r in answers:
+        assert r.status_code == 200, r.text
+        assert_fits(r.json()["text_output"])
+
+
+def test_grpc_model_infer_json_schema(predictor) -> None:
+    res = grpc_infer(predictor.grpc_port, [PROMPT] * N, {
+        "max_tokens": 200, "temperature": "1.0", "apply_chat_template": True,
+        "structured_outputs": json.dumps({"json": WEATHER})})
+    texts = [t.decode() if isinstance(t, bytes) else t for t in res.outputs[0].data]
+    assert len(texts) == N
+    for text in texts:
+        assert_fits(text)
+
+
+def test_grpc_model_stream_infer_json_schema_and_regex(predictor) -> None:
+    requests = [{"prompt": PROMPT, "inputs": {"stream": True}, "parameters": {
+        "max_tokens": 200, "temperature": 1.0, "apply_chat_template": True,
+        "structured_outputs": json.dumps({"json": WEATHER})}} for _ in range(N)]
+    requests.append({"prompt": "A name and a code:", "inputs": {"stream": True}, "parameters": {
+        "max_tokens": 30, "temperature": 1.0, "structured_outputs": json.dumps({"regex": REGEX})}})
+    answers = run_client(grpc_url(predictor), "stream", requests)
+    texts = ["".join(p["outputs"]["text_output"][0] for p in pieces) for pieces in answers]
+    for text in texts[:-1]:
+        assert_fits(text)
+    assert re.fullmatch(REGEX, texts[-1]), texts[-1]
+
+
+# ---- choice and regex ----
+
+def test_choice_on_openai_v2_and_kserve_v1(oai: openai.OpenAI, http: httpx.Client) -> None:
+    r = oai.completions.create(model=MODEL, prompt="Is it raining in Paris? Answer:", n=N,
+                               temperature=1.0, max_tokens=10,
+                               extra_body={"structured_outputs": {"choice": CHOICES}})
+    assert sorted({c.text for c in r.choices} - set(CHOICES)) == []
+    r2 = http.post(f"/v1/models/{MODEL}:predict", json={
+        "instances": ["Is it raining in Paris?"] * N, "parameters": {
+            "temperature": 1.0, "max_tokens": 10, "apply_chat_template": True,
+            "structured_outputs": {"choice": CHOICES}}})
+    assert r2.status_code == 200, r2.text
+    assert set(r2.json()["predictions"]) <= set(CHOICES), r2.json()
+
+
+def test_regex_on_v2_and_generate_stream(http: httpx.Client) -> None:
+    r = http.post(f"/v2/models/{MODEL}/infer", json=v2_body(
+        ["A name and a code:"] * N, max_tokens=30, temperature=1.0,
+        structured_outputs=json.dumps({"regex": REGEX})))
+    assert r.status_code == 200, r.text
+    for text in r.json()["outputs"][0]["data"]:
+        assert re.fullmatch(REGEX, text), text
+    with http.stream("POST", f"/v2/models/{MODEL}/generate_stream", json={
+            "text_input": "A name and a code:", "parameters": {
+                "max_tokens": 30, "temperature": 1.0, "structured_outputs": {"regex": REGEX}}}
+                     ) as s:
+        events = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
+    assert re.fullmatch(REGEX, "".join(e["text_output"] for e in events)), events
+
+
+# ---- tool calls ----
+
+@pytest.mark.parametrize("tool_choice", [NAMED, "required"], ids=["named", "required"])
+def test_forced_tool_calls_fit_their_schema(oai: openai.OpenAI, tool_choice: Any) -> None:
+    # One call per answer: an unbounded array of calls can run past max_tokens (below); the
+    # token room covers runs of JSON whitespace, which vLLM's xgrammar default allows.
+    r = oai.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS,
+                                    tool_choice=tool_choice, n=N, temperature=1.0,
+                                    max_tokens=400, parallel_tool_calls=False)
+    only = "get_weather" if tool_choice is NAMED else None
+    for choice in r.choices:
+        assert choice.finish_reason == ("stop" if only else "tool_calls"), choice
+        assert choice.message.tool_calls, choice
+        for call in choice.message.tool_calls:
+            assert_call_fits(call.function.name, call.function.arguments, only)
+
+
+@pytest.mark.parametrize("tool_choice", [NAMED, "required"], ids=["named", "required"])
+def test_forced_tool_calls_fit_their_schema_streamed(oai: openai.OpenAI,
+                                                     tool_choice: Any) -> None:
+    stream = oai.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS,
+                                         tool_choice=tool_choice, n=N, temperature=1.0,
+                                         max_tokens=400, stream=True,
+                                         parallel_tool_calls=False)
+    calls: dict[tuple[int, int], dict[str, Any]] = {}
+    finish: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            assert not choice.delta.content, choice.delta  # the answer is the call
+            finish[choice.index] = choice.finish_reason or finish.get(choice.index, "")
+            for delta in choice.delta.tool_calls or ():
+                call = calls.setdefault((choice.index, delta.index),
+                                        {"id": None, "name": None, "arguments": ""})
+                call["id"] = call["id"] or delta.id
+                call["name"] = call["name"] or delta.function.name
+                call["arguments"] += delta.function.arguments or ""
+    only = "get_weather" if tool_choice is NAMED else None
+    assert {index for index, _ in calls} == set(range(N)), calls
+    assert set(finish.values()) == {"stop" if only else "tool_calls"}, finish
+    for call in calls.values():
+        assert call["id"], call
+        assert_call_fits(call["name"], call["arguments"], only)
+
+
+def test_required_parallel_calls_are_complete_or_cut_without_calls(oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS,
+                                    tool_choice="required", n=N, temperature=1.0, max_tokens=200)
+    complete = 0
+    for choice in r.choices:
+        if choice.finish_reason == "length":  # the array was cut: no call is returned
+            assert not choice.message.tool_calls and choice.message.content, choice
+            continue
+        complete += 1
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+        for call in choice.message.tool_calls:
+            assert_call_fits(call.function.name, call.function.arguments)
+    assert complete >= N // 2, r.choices
+
+
+def test_tools_with_response_format_give_a_fitting_call_or_fitting_content(
+        oai: openai.OpenAI) -> None:
+    r = oai.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, n=N, temperature=1.0, max_tokens=200,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}})
+    for choice in r.choices:
+        if choice.message.tool_calls:
+            assert choice.finish_reason == "tool_calls"
+            for call in choice.message.tool_calls:
+                assert_call_fits(call.function.name, call.function.arguments)
+        else:
+            assert_fits(choice.message.content or "")
+
+
+# ---- bad constraints: 4xx in each protocol's shape, and the server keeps serving ----
+
+MANY_BOUNDS = {"type": "object", "properties": {
+    f"p{i}": {"type": "string", "maxLength": 100 + i} for i in range(20)}}
+BAD = {  # name -> (structured_outputs, words the message must hold)
+    "invalid-schema": ({"json": {"type": "objectx"}}, "objectx"),
+    "unsupported-regex": ({"regex": "(unclosed"}, "regex"),
+    "empty-choice": ({"choice": []}, "choice"),
+    "two-kinds": ({"regex": "a+", "choice": ["a"]}, "one kind"),
+    "wrong-type": ({"choice": "yes"}, "choice"),
+    "too-costly": ({"json": MANY_BOUNDS}, "bounded repetitions"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_constraint_is_a_400_on_http_protocols(predictor, http: httpx.Client,
+                                                   case: str) -> None:
+    so, words = BAD[case]
+    start = len(predictor.log())
+    answers = {
+        "openai": http.post("/openai/v1/completions", json={
+            "model": MODEL, "prompt": "x", "max_tokens": 5, "structured_outputs": so}),
+        "openai-stream": http.post("/openai/v1/chat/completions", json={
+            "model": MODEL, "messages": ASK, "max_tokens": 5, "stream": True,
+            "structured_outputs": so}),
+        "v2": http.post(f"/v2/models/{MODEL}/infer", json=v2_body(
+            ["x"], max_tokens=5, structured_outputs=json.dumps(so))),
+        "generate": http.post(f"/v2/models/{MODEL}/generate", json={
+            "text_input": "x", "parameters": {"max_tokens": 5, "structured_outputs": so}}),
+        "generate_stream": http.post(f"/v2/models/{MODEL}/generate_stream", json={
+            "text_input": "x", "parameters": {"max_tokens": 5, "structured_outputs": so}}),
+        "v1": http.post(f"/v1/models/{MODEL}:predict", json={
+            "instances": ["x"], "parameters": {"max_tokens": 5, "structured_outputs": so}}),
+    }
+    for name, r in answers.items():
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        error = r.json()["error"]
+        message = error["message"] if name.startswith("openai") else error
+        assert words.lower() in message.lower(), (name, message)
+    assert "Traceback" not in predictor.log()[start:]
+    assert_still_serving(http)
+
+
+def test_bad_constraints_on_grpc_model_infer_and_stream(predictor, http: httpx.Client) -> None:
+    import grpc
+
+    for case in sorted(BAD):
+        so, words = BAD[case]
+        with pytest.raises(grpc.RpcError) as err:
+            grpc_infer(predictor.grpc_port, ["x"], {"max_tokens": 5,
+                                                    "structured_outputs": json.dumps(so)})
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value)
+        assert words.lower() in (err.value.details() or "").lower(), (case, err.value)
+    requests = [{"prompt": "x", "inputs": {"stream": True}, "parameters": {
+        "max_tokens": 5, "structured_outputs": json.dumps(BAD[case][0])}} for case in sorted(BAD)]
+    requests.append({"prompt": "Is Paris in France?", "inputs": {"stream": True}, "parameters": {
+        "max_tokens": 5, "structured_outputs": json.dumps({"choice": CHOICES})}})
+    answers = run_client(grpc_url(predictor), "stream", requests)
+    for case, pieces in zip(sorted(BAD), answers, strict=False):
+        assert len(pieces) == 1 and BAD[case][1].lower() in pieces[0]["error"].lower(), pieces
+    # the same stream still answers, under the constraint
+    assert "".join(p["outputs"]["text_output"][0] for p in answers[-1]) in CHOICES
+    assert_still_serving(http)
+
+
+def test_bad_tool_choice_and_tools_are_openai_400s(oai: openai.OpenAI,
+                                                   http: httpx.Client) -> None:
+    cases = {
+        "not-offered": {"tool_choice": {"type": "function", "function": {"name": "nope"}}},
+        "bad-parameters": {"tool_choice": "required", "tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "objectx"}}}]},
+        "too-costly-parameters": {"tool_choice": NAMED, "tools": [
+            {"type": "function", "function": {"name": "get_weather",
+                                              "parameters": MANY_BOUNDS}}]},
+        "constraint-and-named-tool": {"tool_choice": NAMED, "extra_body": {
+            "structured_outputs": {"choice": CHOICES}}},
+    }
+    for name, extra in cases.items():
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as err:
+                oai.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5,
+                                            stream=stream, **({"tools": TOOLS} | extra))
+            assert err.value.status_code == 400, (name, err.value)
+    assert_still_serving(http)
