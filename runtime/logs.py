@@ -31,12 +31,37 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# KServe's REST handlers log these with a traceback at ERROR; they are a client's mistake or the
+# server's announced state (404 for an unknown model, 503 while loading), not failures.
+_KSERVE_EXPECTED = frozenset({"ModelNotFound", "ModelNotReady", "ServerNotReady", "ServerNotLive",
+                              "InvalidInput"})
+
+
+class ExpectedErrorFilter(logging.Filter):
+    """Turns KServe's traceback for an expected error (``_KSERVE_EXPECTED``) into one INFO line.
+
+    Why a log filter: KServe registers its exception handlers when its server starts, after
+    the runtime's, so they cannot be replaced; their log records can be.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        kind = type(exc)
+        if exc is not None and kind.__module__ == "kserve.errors" \
+                and kind.__name__ in _KSERVE_EXPECTED:
+            record.msg, record.args = "%s: %s", (kind.__name__, exc)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure(level: int = logging.INFO) -> None:
     """Root logging with the request id in every line (handlers added later get the filter
     through the root logger's handler)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(ExpectedErrorFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

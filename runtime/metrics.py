@@ -3,7 +3,8 @@
 Why: vLLM's engine series (``vllm:*``) say what the engine did, not which protocol asked for it;
 KServe's huggingfaceserver reports no per-protocol token metrics (kserve#3983). These series are
 labelled by model and protocol (openai, v2-rest, v2-generate, v2-grpc, v1-rest); the model
-label takes only served names (``runtime.pipeline`` maps anything else to one fixed value). They live in
+label takes only served names, LoRA adapters included (``runtime.pipeline`` maps anything else
+to one fixed value; an unloaded adapter's series are dropped). They live in
 prometheus-client's default registry, which KServe's ``/metrics`` route already serves next to
 vLLM's.
 
@@ -68,3 +69,11 @@ def record_engine_request(
         TTFT.labels(model, protocol).observe(ttft)
     if tpot is not None:
         TPOT.labels(model, protocol).observe(tpot)
+
+
+def forget_model(model: str) -> None:
+    """Drop every series of ``model`` (an unloaded LoRA adapter), so that the model label stays
+    bounded by the models served now, however many adapters come and go."""
+    for metric in (REQUESTS, TTFT, TPOT, PROMPT_TOKENS, GENERATION_TOKENS):
+        for labels in [k for k in list(metric._metrics) if k[0] == model]:
+            metric.remove(*labels)

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from runtime import limits
+from runtime.adapters import AdapterSet
 from runtime.admission import Admission
 from runtime.auth import ApiKey
 from runtime.errors import (
@@ -68,7 +69,8 @@ class Pipeline:
 
     def __init__(self, *, lifecycle: Lifecycle, admission: Admission, api_key: ApiKey,
                  request_limits: Limits, served_names: list[str],
-                 protect_metrics: bool = False, operator_routes: bool = False) -> None:
+                 protect_metrics: bool = False, operator_routes: bool = False,
+                 max_adapters: int = 0) -> None:
         self.lifecycle = lifecycle
         self.admission = admission
         self.api_key = api_key
@@ -76,6 +78,8 @@ class Pipeline:
         self.served_names = list(served_names)
         self.protect_metrics = protect_metrics
         self.operator_routes = operator_routes
+        # LoRA adapters served now (static and loaded at run time): models like the base one.
+        self.adapters = AdapterSet(self.served_names, max_adapters)
 
     @property
     def default_model(self) -> str:
@@ -101,7 +105,7 @@ class Pipeline:
         """The served model ``name`` refers to; ``ModelNotFoundError`` for any other."""
         if name is None:
             return self.default_model
-        if name not in self.served_names:
+        if name not in self.served_names and name not in self.adapters:
             raise ModelNotFoundError(name)
         return name
 
@@ -109,7 +113,7 @@ class Pipeline:
         """A bounded metric label for a model name."""
         if name is None:
             return self.default_model
-        return name if name in self.served_names else OTHER_MODEL
+        return name if name in self.served_names or name in self.adapters else OTHER_MODEL
 
     def admit(self, work: Work) -> None:
         """Limits on the validated request, then the overload bound."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from runtime.admission import Admission
@@ -34,8 +35,10 @@ class Supervisor:
     """
 
     def __init__(self, engine: Any, lifecycle: Lifecycle, admission: Admission,
-                 settings: RuntimeSettings, model_server: Any) -> None:
+                 settings: RuntimeSettings, model_server: Any,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.engine = engine
+        self.on_ready = on_ready
         self.lifecycle = lifecycle
         self.admission = admission
         self.settings = settings
@@ -103,6 +106,8 @@ class Supervisor:
         """Start the engine, then watch its health until shutdown."""
         await self._listeners_up()
         await self.engine.start()
+        if self.on_ready is not None:
+            self.on_ready()
         self.lifecycle.set(State.READY, "engine answered")
         self._install_signals()
         try:
@@ -126,19 +131,21 @@ class Supervisor:
                 await self.engine.stop()
 
 
-def install_routes(app: Any, engine: Engine, pipeline: Pipeline,
-                   settings: RuntimeSettings) -> None:
+def install_routes(app: Any, engine: Engine, pipeline: Pipeline, settings: RuntimeSettings,
+                   repository: Any) -> None:
     """Add the runtime's front door and routes to KServe's app. They are registered before
     KServe's own (which KServe adds when its REST server starts), so where paths coincide,
     ours answer; the gate 404s every path outside ``runtime.routes``' table."""
     from runtime.protocol import gate, generate, http_errors, metadata, openai, v1
+    from runtime.protocol import repository as repo
 
     http_errors.install_error_handlers(app)
     app.add_middleware(gate.Gate, pipeline=pipeline, max_request_bytes=settings.max_request_bytes)
     app.include_router(openai.build_router(engine, pipeline))
     app.include_router(generate.build_router(engine, pipeline))
     app.include_router(v1.build_router(engine, pipeline))
-    app.include_router(metadata.build_router(engine, pipeline.served_names))
+    app.include_router(metadata.build_router(engine, pipeline))
+    app.include_router(repo.build_router(repository))
     if settings.enable_operator_routes:
         from starlette.routing import Mount
 
@@ -179,7 +186,27 @@ def build_pipeline(settings: RuntimeSettings, lifecycle: Lifecycle,
                     request_limits=settings.limits,
                     served_names=[settings.model_name, *settings.served_model_aliases],
                     protect_metrics=settings.protect_metrics,
-                    operator_routes=settings.enable_operator_routes)
+                    operator_routes=settings.enable_operator_routes,
+                    max_adapters=settings.max_adapters)
+
+
+def build_models(registry: Any, engine: Engine, lifecycle: Lifecycle, pipeline: Pipeline,
+                 settings: RuntimeSettings) -> tuple[Any, Any]:
+    """The base model registered under every served name in KServe's ``registry``, and the
+    repository extension that serves LoRA adapters as further models."""
+    from runtime.model import LLMModel
+    from runtime.repository import AdapterRepository
+
+    def make_model(name: str) -> LLMModel:
+        return LLMModel(name, engine, lifecycle, pipeline)
+
+    base = make_model(settings.model_name)
+    for name in pipeline.served_names:
+        registry.update(base, name)
+    repository = AdapterRepository(
+        registry, engine=engine, adapters=pipeline.adapters, make_model=make_model,
+        base_dir=settings.model_dir, enable_loading=settings.enable_adapter_loading)
+    return base, repository
 
 
 def run(settings: RuntimeSettings) -> None:
@@ -191,16 +218,19 @@ def run(settings: RuntimeSettings) -> None:
     from runtime.engine.vllm_engine import VLLMEngine
 
     engine = VLLMEngine(settings, admission)  # parses engine arguments: bad flags fail first
+    if settings.enable_adapter_loading and engine.max_lora_rank is None:
+        from runtime.cli import EngineArgsError
+
+        raise EngineArgsError("--enable_adapter_loading needs vLLM's --enable-lora (and "
+                              "--max-lora-rank at least the rank of the adapters to load)")
 
     # kserve is imported only now: it parses sys.argv at import time (docs/platform-notes.md).
     from kserve import ModelServer
     from kserve.model_server import app
 
-    from runtime.dataplane import LockedRepositoryExtension, RuntimeDataPlane
-    from runtime.model import LLMModel
+    from runtime.dataplane import RuntimeDataPlane
     from runtime.protocol.grpc_server import RuntimeGRPCServer
 
-    model = LLMModel(settings.model_name, engine, lifecycle, pipeline)
     server = ModelServer(
         http_port=settings.http_port,
         grpc_port=settings.grpc_port,
@@ -217,11 +247,10 @@ def run(settings: RuntimeSettings) -> None:
         ssl_keyfile=settings.ssl_keyfile,
     )
     server.dataplane = RuntimeDataPlane(server.registered_models, lifecycle)
-    server.model_repository_extension = LockedRepositoryExtension(
-        model_registry=server.registered_models)
-    for name in pipeline.served_names:
-        server.register_model(model, name)
-    install_routes(app, engine, pipeline, settings)
+    model, repository = build_models(server.registered_models, engine, lifecycle, pipeline,
+                                     settings)
+    server.model_repository_extension = repository
+    install_routes(app, engine, pipeline, settings, repository)
     if settings.enable_grpc:
         grpc_server = RuntimeGRPCServer(
             settings.grpc_port, server.dataplane, server.model_repository_extension, pipeline,
@@ -229,7 +258,8 @@ def run(settings: RuntimeSettings) -> None:
         server._grpc_server = grpc_server  # ModelServer.stop() stops it
         server.servers.append(grpc_server.start(settings.max_threads))
 
-    supervisor = Supervisor(engine, lifecycle, admission, settings, server)
+    supervisor = Supervisor(engine, lifecycle, admission, settings, server,
+                            on_ready=repository.register_static)
     original_stop = model.stop
 
     def stop_model() -> None:  # KServe calls model.stop() (via unload) when it stops

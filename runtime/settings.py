@@ -47,6 +47,12 @@ class RuntimeSettings(BaseModel):
     enable_operator_routes: bool = Field(
         default=False, description="Serve vLLM's operator routes (LoRA load/unload, sleep, "
                                    "scaling, profiling) under /openai; requires a key.")
+    enable_adapter_loading: bool = Field(
+        default=False, description="Allow loading and unloading LoRA adapters at run time "
+                                   "through the model repository extension (needs vLLM's "
+                                   "--enable-lora; behind the key when one is set).")
+    max_adapters: int = Field(
+        default=32, ge=0, description="Most LoRA adapters served at once (static and loaded).")
     protect_metrics: bool = False
     max_waiting_requests: int | None = Field(
         default=None, description="Engine requests allowed to wait beyond the running batch; "

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.support.server import DEFAULT_MODEL_DIR, ServerProcess, start_runtime
+from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,15 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(model_dir: str) -> dict[str, Path]:
+    """The four example LoRA adapters of the model (``deployment.adapters.EXAMPLES``), built
+    with peft once and kept under .cache (same specs, same weights)."""
+    from deployment.adapters import build_examples
+
+    return build_examples(model_dir, REPO / ".cache" / "adapters-v1")
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker

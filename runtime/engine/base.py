@@ -117,6 +117,25 @@ class Engine(abc.ABC):
     async def check_health(self) -> None:
         """Raise if the engine cannot serve (its process died, it errored)."""
 
+    # ---- LoRA adapters (runtime.repository serves them as models) ----
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        """The highest adapter rank the engine takes; None when it serves no adapters."""
+        return None
+
+    def static_adapters(self) -> dict[str, str]:
+        """Adapters the engine was started with: name -> folder (after ``start``)."""
+        return {}
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a checked adapter folder and serve it under ``name``."""
+        raise NotImplementedError("this engine serves no LoRA adapters")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving ``name``; requests already running on it finish."""
+        raise NotImplementedError("this engine serves no LoRA adapters")
+
     @property
     @abc.abstractmethod
     def parameters(self) -> dict[str, str]:

@@ -23,22 +23,22 @@ from vllm.entrypoints.launchers.api_server.app_state import init_app_state
 from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
 from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from vllm.exceptions import VLLMValidationError
-from vllm.sampling_params import RequestOutputKind
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.admission import Admission
-from runtime.engine import structured, vllm_openai, vllm_tools
+from runtime.engine import structured, vllm_fixes, vllm_openai, vllm_tools
 from runtime.engine.base import Completion, Delta, Engine, PreparedRequest
 from runtime.engine.vllm_args import (  # noqa: F401 - engine_parser: re-exported
     engine_help,
     engine_parser,
     parse_engine_args,
 )
+from runtime.engine.vllm_client import InstrumentedEngineClient
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
 from runtime.limits import Limits, Work
-from runtime.metrics import current_protocol, record_engine_request
 from runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
@@ -69,61 +69,6 @@ V2_PARAMETERS: dict[str, str] = {
                 "SamplingParams); makes cumulative_logprob available",
     structured.PARAMETER: structured.DESCRIPTION,
 }
-
-
-class InstrumentedEngineClient:
-    """vLLM's engine client with every ``generate`` call measured for the runtime's metrics.
-
-    Why a proxy: vLLM's serving classes call ``engine_client.generate`` themselves; wrapping the
-    client measures every engine request, whichever protocol sent it, with vLLM's own
-    per-request timestamps (``RequestOutput.metrics``).
-    """
-
-    def __init__(self, client: EngineClient, model_name: str, admission: Admission) -> None:
-        self._client = client
-        self._model_name = model_name
-        self._admission = admission
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def generate(self, prompt: Any, sampling_params: Any, request_id: str,
-                 **kwargs: Any) -> AsyncIterator[Any]:
-        # The protocol label is read now, in the request's context: the stream may be
-        # iterated later, from the response-writing task.
-        return self._measured(
-            self._client.generate(prompt, sampling_params, request_id, **kwargs),
-            current_protocol.get(),
-            getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA,
-        )
-
-    async def _measured(self, outputs: AsyncIterator[Any], protocol: str,
-                        delta: bool) -> AsyncIterator[Any]:
-        prompt_tokens = generated = 0
-        last = None
-        self._admission.engine_started()
-        try:
-            async for out in outputs:
-                last = out
-                if out.prompt_token_ids is not None:
-                    prompt_tokens = len(out.prompt_token_ids)
-                n = sum(len(o.token_ids) for o in out.outputs)
-                generated = generated + n if delta else n
-                yield out
-        finally:
-            self._admission.engine_finished()
-            ttft = tpot = None
-            stats = getattr(last, "metrics", None)
-            if stats is not None and stats.first_token_ts:
-                ttft = stats.first_token_latency or None
-                if stats.num_generation_tokens > 1:
-                    tpot = (stats.last_token_ts - stats.first_token_ts) / (
-                        stats.num_generation_tokens - 1)
-            record_engine_request(self._model_name, protocol, prompt_tokens=prompt_tokens,
-                                  generation_tokens=generated, ttft=ttft, tpot=tpot)
-            close = getattr(outputs, "aclose", None)
-            if close is not None:
-                await close()  # aborts the engine request if the consumer stopped early
 
 
 @contextlib.contextmanager
@@ -159,6 +104,9 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         """Build the engine (its core runs in a child process) and vLLM's OpenAI app."""
+        # vLLM loads this as a plugin in every process; installing it here too keeps the fix
+        # in a forked engine process even where the plugin's metadata is shadowed.
+        vllm_fixes.install()
         raw = await self._stack.enter_async_context(build_async_engine_client(self.args))
         self.client = InstrumentedEngineClient(raw, self.model_name, self.admission)
         self.admission.capacity = int(raw.vllm_config.scheduler_config.max_num_seqs)
@@ -205,6 +153,36 @@ class VLLMEngine(Engine):
     @property
     def parameters(self) -> dict[str, str]:
         return dict(V2_PARAMETERS)
+
+    # ---- LoRA adapters: vLLM's own model registry (OpenAIServingModels) holds them ----
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        return int(self.args.max_lora_rank) if self.args.enable_lora else None
+
+    def _models(self) -> Any:
+        if self.openai_app is None:
+            raise EngineUnavailableError("engine loading")
+        return self.openai_app.state.openai_serving_models
+
+    def static_adapters(self) -> dict[str, str]:
+        return {name: r.lora_path for name, r in self._models().lora_requests.items()}
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        with _client_errors():
+            result = await self._models().load_lora_adapter(
+                LoadLoRAAdapterRequest(lora_name=name, lora_path=path))
+        if isinstance(result, ErrorResponse):
+            if result.error.code >= 500:  # checked folders should never get here
+                logger.error("vLLM could not load adapter %s: %s", name, result.error.message)
+            self._raise_error(result)
+
+    async def unload_adapter(self, name: str) -> None:
+        # vLLM drops the name; requests already holding its LoRARequest run to the end, and the
+        # engine's adapter cache (--max-cpu-loras, LRU) frees the weights when it needs room.
+        result = await self._models().unload_lora_adapter(
+            UnloadLoRAAdapterRequest(lora_name=name))
+        self._raise_error(result)
 
     # ---- v2 / generate / v1: prompts + parameters -> vLLM's typed requests ----
 

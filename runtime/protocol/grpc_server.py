@@ -216,6 +216,21 @@ class StreamInfer:
             request_id.reset(token)
 
 
+class RuntimeServicer(InferenceServicer):
+    """KServe's servicer with repository load/unload that read Triton's ``parameters`` (a LoRA
+    adapter's ``lora_path``) and answer KServe's response messages."""
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:  # noqa: N802
+        name, parameters = triton.repository_request(request)
+        await self._mode_repository_extension.load(name, parameters)
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:  # noqa: N802
+        name, _ = triton.repository_request(request)
+        await self._mode_repository_extension.unload(name)
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+
 class RuntimeGRPCServer(GRPCServer):
     """KServe's gRPC server with the pipeline interceptor and a bounded message size."""
 
@@ -226,7 +241,7 @@ class RuntimeGRPCServer(GRPCServer):
         self._max_message_bytes = max_message_bytes
 
     async def start(self, max_workers: int) -> None:
-        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        servicer = RuntimeServicer(self._data_plane, self._model_repository_extension)
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(PipelineInterceptor(self._pipeline),),

@@ -12,17 +12,17 @@ from typing import Any
 from fastapi import APIRouter
 
 from runtime.engine.base import Engine
-from runtime.errors import ModelNotFoundError
+from runtime.pipeline import Pipeline
 from runtime.protocol import triton, v2
 
 
-def build_router(engine: Engine, served_names: list[str]) -> APIRouter:
+def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
+    """``GET /v2/models/{m}`` for the base model, its aliases and its LoRA adapters."""
     router = APIRouter()
 
     @router.get("/v2/models/{model_name}")
     async def model_metadata(model_name: str) -> dict[str, Any]:
-        if model_name not in served_names:
-            raise ModelNotFoundError(model_name)
+        pipeline.resolve(model_name)
         params = {**engine.parameters,
                   v2.CHAT_PARAMETER: "bool, default false: send each text_input as one user "
                                      "message through the model's chat template",

@@ -232,3 +232,80 @@ def stream_response(infer_response: bytes | None = None, error_message: str = ""
     if infer_response is not None:
         out += _field(2, infer_response)
     return out
+
+
+# ---- RepositoryModelLoadRequest.parameters (Triton's field 3; KServe's proto lacks it) ----
+
+_MAX_REPOSITORY_PARAMETERS = 16
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ClientError("malformed repository parameters")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(buf: bytes) -> list[tuple[int, int | bytes]]:
+    """(field number, varint or bytes) of a message's varint and length-delimited fields."""
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+            out.append((number, value))
+        elif wire == 2:
+            size, pos = _read_varint(buf, pos)
+            if pos + size > len(buf):
+                raise ClientError("malformed repository parameters")
+            out.append((number, buf[pos:pos + size]))
+            pos += size
+        else:
+            raise ClientError("malformed repository parameters")
+    return out
+
+
+def repository_request(request: Any) -> tuple[str, dict[str, Any]]:
+    """The model name and ``parameters`` map (key -> bool, int, string or bytes) of a gRPC
+    RepositoryModelLoad/UnloadRequest.
+
+    KServe's proto has ``model_name = 1``; Triton's (which tritonclient sends) has
+    ``repository_name = 1, model_name = 2, parameters = 3``: fields 2 and 3 arrive as unknown
+    fields of KServe's generated class, and when field 2 is there, field 1 is the repository.
+    """
+    from google.protobuf import unknown_fields
+
+    name = request.model_name
+    params: dict[str, Any] = {}
+    for unknown in unknown_fields.UnknownFieldSet(request):
+        if unknown.field_number == 2 and isinstance(unknown.data, bytes):
+            name = unknown.data.decode("utf-8", "replace")
+        if unknown.field_number != 3 or not isinstance(unknown.data, bytes):
+            continue
+        if len(params) >= _MAX_REPOSITORY_PARAMETERS:
+            raise ClientError(f"more than {_MAX_REPOSITORY_PARAMETERS} repository parameters")
+        key = ""
+        value: Any = None
+        for number, data in _fields(unknown.data):
+            if number == 1 and isinstance(data, bytes):
+                key = data.decode("utf-8", "replace")
+            elif number == 2 and isinstance(data, bytes):
+                for kind, item in _fields(data):
+                    if kind == 3 and isinstance(item, bytes):
+                        value = item.decode("utf-8", "replace")
+                    elif kind == 4:
+                        value = item
+                    elif kind == 1:
+                        value = bool(item)
+                    elif kind == 2:
+                        value = item
+        params[key] = value
+    return name, params

@@ -34,11 +34,10 @@ def assemble(*, engine: FakeEngine | None = None, state: State = State.READY,
     """KServe's FastAPI app with the runtime's gate, routes and handlers, on a fake engine."""
     from fastapi import FastAPI
     from kserve.model_repository import ModelRepository
-    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
     from kserve.protocol.rest.server import RESTServer
 
-    from runtime.dataplane import LockedRepositoryExtension, RuntimeDataPlane
-    from runtime.model import LLMModel
+    from runtime.dataplane import RuntimeDataPlane
+    from runtime.server import build_models
 
     values = {"model_name": "smollm2", "model_dir": "/unused", **settings}
     config = RuntimeSettings(**values)
@@ -49,13 +48,10 @@ def assemble(*, engine: FakeEngine | None = None, state: State = State.READY,
     admission = Admission(config.model_name, capacity=4, max_waiting=config.max_waiting_requests)
     pipeline = build_pipeline(config, lifecycle, admission)
     repository = ModelRepository()
-    model = LLMModel(config.model_name, engine, lifecycle, pipeline)
-    for name in pipeline.served_names:
-        repository.update(model, name)
-    dataplane = RuntimeDataPlane(repository, lifecycle)
-    extension: ModelRepositoryExtension = LockedRepositoryExtension(model_registry=repository)
+    _, extension = build_models(repository, engine, lifecycle, pipeline, config)
     app = FastAPI()
-    install_routes(app, engine, pipeline, config)
+    dataplane = RuntimeDataPlane(repository, lifecycle)
+    install_routes(app, engine, pipeline, config, extension)
     rest = RESTServer("unused:app", dataplane, extension, http_port=0)
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)

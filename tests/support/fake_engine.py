@@ -37,10 +37,26 @@ def _int(params: dict[str, Any], key: str, default: int | None) -> int | None:
 class FakeEngine(Engine):
     """Answers every prompt with its words reversed; ``delay`` seconds per piece."""
 
-    def __init__(self, model_name: str = "smollm2", delay: float = 0.0) -> None:
+    def __init__(self, model_name: str = "smollm2", delay: float = 0.0,
+                 max_lora_rank: int | None = None) -> None:
         self.model_name = model_name
         self.delay = delay
         self.submitted: list[PreparedRequest] = []
+        self._max_lora_rank = max_lora_rank
+        self.loaded: dict[str, str] = {}  # LoRA adapters: name -> folder
+
+    @property
+    def max_lora_rank(self) -> int | None:
+        return self._max_lora_rank
+
+    def static_adapters(self) -> dict[str, str]:
+        return dict(self.loaded)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        self.loaded[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        self.loaded.pop(name, None)
 
     def prepare(self, prompts: list[str], params: dict[str, Any], *, chat: bool, stream: bool,
                 limits: Limits, model: str | None = None) -> PreparedRequest:
