@@ -1,8 +1,9 @@
-"""``python -m benchmarks {run,compare,side-by-side}``.
+"""``python -m benchmarks {run,compare,side-by-side,adapters}``.
 
 Why subcommands: ``run`` drives servers that are already up (a cluster, a port-forward);
 ``side-by-side`` starts this runtime and plain vLLM itself for a like-for-like comparison;
-``compare`` recomputes the overhead table from finished runs.
+``compare`` recomputes the overhead table from finished runs; ``adapters`` starts one runtime
+with LoRA adapters and compares traffic spread over them with the base model alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import cli, sidebyside
+from benchmarks import adapters, cli, sidebyside
 from benchmarks.compare import compare_points, comparison_markdown
 from deployment.processes import stop_on_sigterm
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     sidebyside.add_flags(sub.add_parser(
         "side-by-side", help="start this runtime and plain vLLM, run, stop, report",
         description="Engine arguments for both servers go after `--`."))
+    adapters.add_flags(sub.add_parser(
+        "adapters", help="one runtime with LoRA adapters: spread over them vs the base model",
+        description="Engine arguments go after `--` (the LoRA flags are added)."))
     c = sub.add_parser("compare", help="overhead table from finished runs")
     c.add_argument("runs", nargs="+", help="run directories (with run.json)")
     c.add_argument("--target", default="runtime")
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli.cmd_run(args)
     if args.command == "side-by-side":
         return sidebyside.cmd_side_by_side(args, engine_args)
+    if args.command == "adapters":
+        return adapters.cmd_adapters(args, engine_args)
     return cmd_compare(args)
 
 

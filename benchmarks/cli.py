@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import APIS, Sampling, Target
+from benchmarks.clients import APIS, MODEL_ORDERS, Sampling, Target
 from benchmarks.load import Load
 from benchmarks.metrics import parse_goodput
 from benchmarks.records import RequestRecord
@@ -40,7 +40,14 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
                    help="gamma shape of inter-arrival times: 1 Poisson, <1 burstier")
     g.add_argument("--num-prompts", type=_csv(int), default=[32],
                    help="requests per load point: one number, or one per load (e.g. 8,24,48)")
-    g.add_argument("--warmup", type=int, default=2, help="warm-up requests per target and API")
+    g.add_argument("--models", type=_csv(str), default=None, metavar="A,B,...",
+                   help="spread the requests over these served names of each target (e.g. "
+                   "LoRA adapters) on every API, instead of the one model")
+    g.add_argument("--model-order", choices=MODEL_ORDERS, default="round-robin",
+                   help="--models: in turn, or drawn at random with the point's seed")
+    g.add_argument("--warmup", type=int, default=2,
+                   help="warm-up requests per target and API (with --models, at least one "
+                   "per name loads each adapter before the measurement)")
     g.add_argument("--repeats", type=int, default=1, help="repeats of every load point")
     g.add_argument("--seed", type=int, default=0, help="fixes prompts and arrival times")
     g.add_argument("--goodput", nargs="*", default=None, metavar="SLO",
@@ -137,7 +144,8 @@ def parse_targets(args: argparse.Namespace) -> list[Target]:
         if not sep or not url.startswith("http"):
             raise SystemExit(f"--target {item!r}: expected NAME=http://HOST:PORT")
         targets.append(Target(name=name, url=url.rstrip("/"), model=args.model,
-                              grpc_url=grpc.get(name)))
+                              grpc_url=grpc.get(name), models=tuple(args.models or ()),
+                              model_order=args.model_order))
     return targets
 
 
@@ -149,7 +157,8 @@ def config_dict(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
             "random_range_ratio": args.random_range_ratio,
             "temperature": plan.sampling.temperature, "ignore_eos": plan.sampling.ignore_eos,
             "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms,
-            "cooldown_s": plan.cooldown_s}
+            "cooldown_s": plan.cooldown_s, "models": getattr(args, "models", None),
+            "model_order": getattr(args, "model_order", None)}
 
 
 def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str,

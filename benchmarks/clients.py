@@ -17,9 +17,10 @@ see :data:`BASELINE_EQUIVALENT`.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -38,11 +39,18 @@ BASELINE_EQUIVALENT = {
     "v2-grpc": "openai-completions-nostream",
     "v2-grpc-stream": "openai-completions",
 }
+MODEL_ORDERS = ("round-robin", "random")
 
 
 @dataclass
 class Target:
-    """A server under test: its name, HTTP root, OpenAI prefix, model and gRPC address."""
+    """A server under test: its name, HTTP root, OpenAI prefix, model and gRPC address.
+
+    ``models``, when given, spreads the requests over several served names of the same server
+    (LoRA adapters, aliases) instead of ``model``: in turn (``model_order`` "round-robin") or
+    drawn with the point's seed ("random"). Every sender reads ``model``, so a request goes to
+    its name on every protocol (OpenAI ``model``, the v2 URL, gRPC ``model_name``).
+    """
 
     name: str
     url: str
@@ -50,10 +58,29 @@ class Target:
     openai_prefix: str = "/v1"
     grpc_url: str | None = None
     has_v2: bool = True
+    models: tuple[str, ...] = ()
+    model_order: str = "round-robin"
 
     def api_for(self, api: str) -> str:
         """The API actually sent to this target for the requested ``api``."""
         return api if self.has_v2 else BASELINE_EQUIVALENT.get(api, api)
+
+    def request_models(self, n: int, seed: int) -> list[str]:
+        """The served name of each of ``n`` requests of a point (``seed``: the point's, so
+        every target of a point gets the same draw)."""
+        if not self.models:
+            return [self.model] * n
+        if self.model_order == "round-robin":
+            return [self.models[i % len(self.models)] for i in range(n)]
+        if self.model_order == "random":
+            rng = random.Random(seed)
+            return [rng.choice(self.models) for _ in range(n)]
+        raise ValueError(f"unknown model order {self.model_order!r}; choose from "
+                         f"{', '.join(MODEL_ORDERS)}")
+
+    def for_model(self, model: str) -> Target:
+        """This target with requests addressed to ``model``."""
+        return self if model == self.model else replace(self, model=model)
 
 
 @dataclass(frozen=True)

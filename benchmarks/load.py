@@ -100,9 +100,13 @@ async def run_point(
     sender: Sender, session: Any, target: Target, prompts: Sequence[Prompt],
     sampling: Sampling, load: Load, *, api: str, repeat: int, seed: int, pbar: Any = None,
 ) -> PointResult:
-    """Send every prompt once to ``target`` under ``load``; return the records."""
+    """Send every prompt once to ``target`` under ``load``; return the records. Request i
+    goes to the served name ``target.request_models(...)[i]`` (``target.model`` by default)."""
+    names = target.request_models(len(prompts), seed)
+    sent_to = [target.for_model(m) for m in names]
     records = [RequestRecord(target=target.name, api=api, point=load.label, repeat=repeat,
-                             index=i, prompt_index=i) for i in range(len(prompts))]
+                             index=i, prompt_index=i, model=names[i])
+               for i in range(len(prompts))]
     lags: list[float] = []
     stop = asyncio.Event()
     ticker = asyncio.create_task(_loop_lag(lags, stop))
@@ -116,7 +120,8 @@ async def run_point(
             while queue:
                 i = queue.pop()
                 records[i].scheduled = ready
-                await _one(sender, session, target, prompts[i], sampling, records[i], pbar)
+                await _one(sender, session, sent_to[i], prompts[i], sampling, records[i],
+                           pbar)
                 ready = time.perf_counter()
 
         await asyncio.gather(*(user() for _ in range(min(load.concurrency, len(prompts)))))
@@ -130,7 +135,7 @@ async def run_point(
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(
-                _one(sender, session, target, prompts[i], sampling, records[i], pbar)))
+                _one(sender, session, sent_to[i], prompts[i], sampling, records[i], pbar)))
         await asyncio.gather(*tasks)
     duration = time.perf_counter() - t0
     cpu = time.process_time() - cpu0

@@ -84,19 +84,21 @@ def cdfs(records: Sequence[RequestRecord], path: Path) -> None:
 
 
 def overhead(comparison: Sequence[dict[str, Any]], target: str, baseline: str,
-             path: Path) -> None:
-    """Throughput and median-TTFT ratios (target / baseline) against load, with intervals."""
+             path: Path, goals: Sequence[float | None] = (0.98, 1.05)) -> None:
+    """Throughput and median-TTFT ratios (target / baseline) against load, with intervals;
+    ``goals`` draws a line per panel (None: no goal, e.g. for the adapters comparison)."""
     apis = sorted({r["api"] for r in comparison})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, metric, goal in ((axes[0], "output_throughput_ratio", 0.98),
-                             (axes[1], "median_ttft_ms_ratio", 1.05)):
+    for ax, metric, goal in ((axes[0], "output_throughput_ratio", goals[0]),
+                             (axes[1], "median_ttft_ms_ratio", goals[1])):
         for api in apis:
             rows = sorted((r for r in comparison if r["api"] == api), key=lambda r: r["load"])
             ax.errorbar([r["load"] for r in rows], [r[metric] for r in rows],
                         yerr=[r[f"{metric}_ci"] or 0 for r in rows], marker="o", capsize=3,
                         label=api)
         ax.axhline(1.0, color="grey", lw=0.8)
-        ax.axhline(goal, color="red", ls="--", lw=0.8, label=f"goal {goal}")
+        if goal is not None:
+            ax.axhline(goal, color="red", ls="--", lw=0.8, label=f"goal {goal}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("load (concurrency or req/s)")
         ax.set_title(f"{metric.replace('_', ' ')} ({target} / {baseline})")
@@ -115,6 +117,7 @@ def write_plots(out: Path, run: dict[str, Any], records: Sequence[RequestRecord]
     cdfs(records, out / "cdf_ttft_itl.png")
     written.append("cdf_ttft_itl.png")
     if run.get("comparison"):
-        overhead(run["comparison"], run["target"], run["baseline"], out / "overhead_ratio.png")
+        overhead(run["comparison"], run["target"], run["baseline"], out / "overhead_ratio.png",
+                 run.get("plot_goals") or (0.98, 1.05))
         written.append("overhead_ratio.png")
     return written

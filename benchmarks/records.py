@@ -40,6 +40,7 @@ class RequestRecord:
     status: int = 0
     text: str = ""
     wall_start: float = 0.0
+    model: str = ""  # the served name the request was sent to (``--models`` spreads them)
 
     def begin(self) -> None:
         """Stamp the start of the request (``perf_counter`` and wall clock), just before sending."""

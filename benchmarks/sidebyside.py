@@ -59,9 +59,12 @@ def cmd_side_by_side(args: argparse.Namespace, engine_args: list[str]) -> int:
                   + "\n  ".join(diffs))
             return 2
         vllm, rt = servers
+        models, order = tuple(args.models or ()), args.model_order
         targets = [Target("runtime", rt.url, args.served_model_name,
-                          grpc_url=f"127.0.0.1:{rt.grpc_port}"),
-                   Target("vllm", vllm.url, args.served_model_name)]
+                          grpc_url=f"127.0.0.1:{rt.grpc_port}", models=models,
+                          model_order=order),
+                   Target("vllm", vllm.url, args.served_model_name, models=models,
+                          model_order=order)]
         args.baseline = "vllm"
         doc, _ = execute(args, targets, model_dir, extra={
             "servers": info, "engine_args": engine_args, "settings_differences": diffs})

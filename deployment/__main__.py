@@ -1,4 +1,5 @@
-"""``python -m deployment``: run, plan or render an InferenceService without a cluster.
+"""``python -m deployment``: run, plan or render an InferenceService without a cluster; build
+the example LoRA adapters.
 
 Why a CLI and not only a test helper: users who write an InferenceService want to know, before
 they apply it, that the runtime it selects starts with their arguments, that its probes answer
@@ -31,8 +32,15 @@ examples:
   # what would run, and the Pods KServe would create (for checkov, kubeconform, ...):
   python -m deployment plan --isvc ... --runtime servingruntimes/
   python -m deployment pods --isvc ... --runtime servingruntimes/ > pods.yaml
+  # the LoRA example: base model and adapters from storageUris, each URI a local folder:
+  python -m deployment adapters --base .models/smollm2 --out .models/smollm2-adapters
+  python -m deployment run --isvc servingruntimes/examples/smollm2-lora-cpu.yaml \
+      --runtime servingruntimes/ \
+      --storage hf://HuggingFaceTB/SmolLM2-135M-Instruct=.models/smollm2 \
+      --storage s3://example-models/smollm2-adapters=.models/smollm2-adapters
 
 How it maps a pod to this machine: `python` is this interpreter; /mnt/models is --model-dir;
+each storage location (storageUri, every storageUris entry) is the --storage folder of its URI;
 each emptyDir is a folder under --workdir; every port of a component (containerPort, probe
 port, --*port flag, *_PORT variable) gets a local port; fieldRef variables get local values
 (status.podIP = 127.0.0.1); the explainer's --predictor_host is the local predictor; in
@@ -58,8 +66,20 @@ def _env_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def _storage_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``URI=DIR`` pairs, split at the last ``=`` (URIs may carry query strings)."""
+    out = {}
+    for pair in pairs:
+        uri, sep, folder = pair.rpartition("=")
+        if not sep or not uri or not folder:
+            raise SystemExit(f"--storage expects URI=DIR, got {pair!r}")
+        out[uri] = folder
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Sub-commands ``run``, ``plan`` and ``pods`` sharing the manifest options."""
+    """Sub-commands ``run``, ``plan`` and ``pods`` sharing the manifest options, and
+    ``adapters``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--isvc", required=True, help="YAML file with the InferenceService")
     common.add_argument("--name", help="which InferenceService, if the file holds several")
@@ -78,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="start the containers, check probes",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    run.add_argument("--model-dir", required=True, help="local folder that stands for "
-                     "/mnt/models (what KServe's storage initializer would download)")
+    run.add_argument("--model-dir", help="local folder that stands for /mnt/models (what "
+                     "KServe's storage initializer would download from storageUri)")
+    run.add_argument("--storage", action="append", default=[], metavar="URI=DIR",
+                     help="local folder standing for what a storage URI would download "
+                     "(repeatable; every storageUris entry needs one, split at the last =)")
     run.add_argument("--base-port", type=int, default=0,
                      help="assign local ports from this number upwards (default: free ports)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -91,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit (0) once every probe has passed instead of serving until Ctrl-C")
     sub.add_parser("plan", parents=[common], help="print the commands, env and probes")
     sub.add_parser("pods", parents=[common], help="print the Pods KServe would create (YAML)")
+    ad = sub.add_parser("adapters", help="build the example LoRA adapters of a base model "
+                        "(peft, deterministic), one folder each under --out")
+    ad.add_argument("--base", required=True, help="the base model's folder")
+    ad.add_argument("--out", required=True, help="folder for the adapters (kept if built)")
     return parser
 
 
@@ -115,6 +142,12 @@ def _serve(dep: LocalDeployment) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "adapters":
+        from deployment.adapters import build_examples
+
+        for name, path in build_examples(args.base, args.out).items():
+            print(f"{name}: {path}")
+        return 0
     components = ("predictor", "explainer") if args.component == "all" else (args.component,)
     try:
         manifests = load_manifests([args.isvc, *_runtime_files(args.runtime)])
@@ -132,13 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {p.component} / {p.pod_name} ({p.role})")
             print(yaml.safe_dump({"command": c.get("command"), "args": c.get("args"),
                                   "env": c.get("env"), "injected_env": p.injected_env,
-                                  "ports": c.get("ports"),
+                                  "ports": c.get("ports"), "storage": p.storage,
                                   "probes": {k: c[k] for k in ("startupProbe", "readinessProbe",
                                                                 "livenessProbe") if k in c}},
                                  sort_keys=False))
         return 0
     try:
-        dep = LocalDeployment(plans, model_dir=args.model_dir, workdir=args.workdir,
+        dep = LocalDeployment(plans, model_dir=args.model_dir,
+                              storage=_storage_pairs(args.storage), workdir=args.workdir,
                               base_port=args.base_port, extra_env=_env_pairs(args.env),
                               predictor_host=args.predictor_host, namespace=args.namespace)
     except ManifestError as e:

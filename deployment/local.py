@@ -2,7 +2,8 @@
 
 Why: the closest thing to ``kubectl apply`` that runs without a cluster. Each container planned
 by ``deployment.manifests`` runs its own command and arguments with the manifest's environment;
-``/mnt/models`` becomes a local model folder, every emptyDir a folder under the work directory,
+``/mnt/models`` becomes a local model folder (and each ``storageUris`` mount path the folder
+given for its URI), every emptyDir a folder under the work directory,
 ports become free local ports (the same manifest port maps to one local port inside a
 component, as inside one pod network), and the explainer's ``--predictor_host`` points at the
 local predictor, as KServe's controller points it at the predictor Service. Then every probe is
@@ -17,17 +18,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployment.manifests import ContainerPlan, ManifestError
+from deployment.manifests import MODEL_MOUNT, ContainerPlan, ManifestError
 from deployment.probes import PROBE_KINDS, ProbeResult, budget_seconds, run_probe
 from deployment.processes import ChildProcess, free_port
 from runtime.auth import redact_argv
 
-MODEL_MOUNT = "/mnt/models"
 _PORT_FLAG = re.compile(r"^--[\w-]*port$")
 _PORT_FLAG_EQ = re.compile(r"^(--[\w-]*port)=(\d+)$")
 
@@ -118,18 +118,26 @@ class LocalDeployment:
     """The containers of one InferenceService, started in order and checked probe by probe.
 
     ``plans`` come from ``deployment.manifests.plan``. ``model_dir`` replaces ``/mnt/models``;
-    ``extra_env`` overrides any environment variable of every container (e.g. a smaller KV
-    cache); ``base_port`` assigns local ports from that number upwards (0: free ports).
-    ``predictor_host`` is used for the explainer when the predictor is not started here.
+    ``storage`` maps storage URIs to local folders: each location a plan's storage initializer
+    would fill (``storageUri``, every ``storageUris`` entry) becomes the folder given for its
+    URI (a location at /mnt/models may use ``model_dir`` instead). ``extra_env`` overrides any
+    environment variable of every container (e.g. a smaller KV cache); ``base_port`` assigns
+    local ports from that number upwards (0: free ports). ``predictor_host`` is used for the
+    explainer when the predictor is not started here.
     """
 
-    def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path,
+    def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path | None = None,
+                 storage: Mapping[str, str | Path] | None = None,
                  workdir: str | Path | None = None, base_port: int = 0,
                  extra_env: dict[str, str] | None = None, predictor_host: str | None = None,
                  echo: Callable[[str], None] = print, namespace: str = "default") -> None:
         if not plans:
             raise ManifestError("nothing to run: no container planned")
-        self.model_dir = str(Path(model_dir).resolve())
+        if model_dir is None and not storage:
+            raise ManifestError("give a model folder for /mnt/models (--model-dir) or a "
+                                "local folder per storage URI (--storage URI=DIR)")
+        self.model_dir = str(Path(model_dir).resolve()) if model_dir is not None else None
+        self.storage = {uri: str(Path(d).resolve()) for uri, d in (storage or {}).items()}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
         self.extra_env = dict(extra_env or {})
         self.predictor_host = predictor_host
@@ -166,6 +174,23 @@ class LocalDeployment:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
+    def _storage_paths(self, plan: ContainerPlan) -> dict[str, str]:
+        """Container path -> local folder for /mnt/models and every storage location."""
+        paths = {MODEL_MOUNT: self.model_dir} if self.model_dir else {}
+        for loc in plan.storage:
+            local = self.storage.get(loc["uri"])
+            if local is None and loc["mountPath"] == MODEL_MOUNT:
+                local = self.model_dir
+            if local is None:
+                raise ManifestError(f"{plan.pod_name}: no local folder for storage "
+                                    f"{loc['uri']} (mounted at {loc['mountPath']}): give "
+                                    f"--storage {loc['uri']}=DIR")
+            if not Path(local).is_dir():
+                raise ManifestError(f"{plan.pod_name}: {local} (for {loc['uri']}) is not a "
+                                    "folder")
+            paths[loc["mountPath"]] = local
+        return paths
+
     def _localise(self, plan: ContainerPlan) -> LocalContainer:
         c = plan.container
         if not c.get("command"):
@@ -177,7 +202,7 @@ class LocalDeployment:
         for port in sorted(_declared_ports(c, {k: env[k] for k in own if k in env})):
             if port not in port_map:
                 port_map[port] = self._port()
-        paths = {MODEL_MOUNT: self.model_dir}
+        paths = self._storage_paths(plan)
         volumes = {v["name"]: v for v in plan.pod.get("volumes", [])}
         for mount in c.get("volumeMounts", []):
             vol = volumes.get(mount["name"], {})

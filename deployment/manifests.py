@@ -31,6 +31,7 @@ COMPONENT_EXTENSION_FIELDS = ("minReplicas", "maxReplicas", "scaleTarget", "scal
                               "scaleMetricType", "containerConcurrency", "timeout",
                               "canaryTrafficPercent", "logger", "batcher", "labels",
                               "annotations", "deploymentStrategy", "autoScaling")
+MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts ``storageUri``
 _PLACEHOLDER = re.compile(r"\{\{\s*\.(Name|Namespace|Labels\.([^ }]+)|Annotations\.([^ }]+))\s*\}\}")
 
 
@@ -45,7 +46,8 @@ class ContainerPlan:
     ``container`` is a Kubernetes container (paths and ports as in the manifest); ``pod`` holds
     the pod-level fields (volumes, securityContext, ...) of the pod it runs in; ``injected_env``
     is the environment the controller adds; ``sources`` are the manifest texts it came from (for
-    their ``checkov:skip`` justifications).
+    their ``checkov:skip`` justifications); ``storage`` lists what the storage initializer
+    would download before the container starts (``{"uri": ..., "mountPath": ...}``).
     """
 
     component: str
@@ -56,6 +58,7 @@ class ContainerPlan:
     injected_env: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
+    storage: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -233,6 +236,44 @@ def deployment_mode(isvc: dict[str, Any]) -> str:
     return {"RawDeployment": "Standard", "Serverless": "Knative"}.get(mode, mode)
 
 
+def _common_parent(paths: Sequence[str]) -> str:
+    parts = [p.rstrip("/").split("/") for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return "/".join(common) or "/"
+
+
+def storage_locations(predictor: dict[str, Any]) -> list[dict[str, str]]:
+    """What KServe's storage initializer puts where for a predictor, checked as its webhook
+    checks it: ``model.storageUri`` goes to /mnt/models; each ``storageUris`` entry to its
+    ``mountPath`` (default /mnt/models), which must be absolute, without ``..``, and share a
+    parent folder other than ``/`` with the other non-PVC entries (they share one volume).
+    Both fields at once are refused, as KServe refuses them."""
+    uri = (predictor.get("model") or {}).get("storageUri")
+    many = predictor.get("storageUris")
+    if uri and many:
+        raise ManifestError("predictor sets both model.storageUri and storageUris: KServe "
+                            "refuses this (Setting both StorageURI and StorageURIs is not "
+                            "supported)")
+    if uri:
+        return [{"uri": uri, "mountPath": MODEL_MOUNT}]
+    out = []
+    for entry in many or []:
+        path = entry.get("mountPath", MODEL_MOUNT)
+        if not path.startswith("/") or path == "/" or ".." in path:
+            raise ManifestError(f"storageUris mountPath {path!r} must be an absolute folder "
+                                "other than / and without '..'")
+        out.append({"uri": entry["uri"], "mountPath": path})
+    shared = [e["mountPath"] for e in out if not e["uri"].startswith("pvc://")]
+    if len(shared) > 1 and _common_parent(shared) == "/":
+        raise ManifestError(f"storageUris mount paths {shared} have no common parent folder "
+                            "beyond /: KServe mounts them on one volume")
+    return out
+
+
 def plan_predictor(isvc: Manifest, runtime: Manifest) -> list[ContainerPlan]:
     """The predictor's containers: the runtime's first container merged with ``model``, plus a
     head/worker split when the runtime has a ``workerSpec`` (multi-node on Ray)."""
@@ -244,13 +285,14 @@ def plan_predictor(isvc: Manifest, runtime: Manifest) -> list[ContainerPlan]:
         raise ManifestError(f"runtime {runtime.doc['metadata']['name']!r} has no containers")
     container = merge_container(rt_spec["containers"][0], pred["model"])
     container = substitute(container, meta)
-    pod = _runtime_pod(rt_spec, pred, exclude=("model", "workerSpec"))
+    pod = _runtime_pod(rt_spec, pred, exclude=("model", "workerSpec", "storageUris"))
     sources = [runtime.text, isvc.text]
+    storage = storage_locations(pred)
     worker_rt = rt_spec.get("workerSpec")
     worker_isvc = pred.get("workerSpec")
     if not worker_rt and not worker_isvc:
         return [ContainerPlan("predictor", f"{name}-predictor", "main", container, pod,
-                              sources=sources)]
+                              sources=sources, storage=storage)]
     if not worker_rt:
         raise ManifestError("predictor.workerSpec is set but the runtime has no workerSpec")
     sizes = {k: int((worker_isvc or {}).get(k, worker_rt.get(k, 1)))
@@ -269,7 +311,7 @@ def plan_predictor(isvc: Manifest, runtime: Manifest) -> list[ContainerPlan]:
                               exclude=("containers", "pipelineParallelSize",
                                        "tensorParallelSize"))
     plans = [ContainerPlan("predictor", f"{name}-predictor", "head", container, pod, dict(env),
-                           sources)]
+                           sources, storage=storage)]
     for i in range(nodes - 1):
         plans.append(ContainerPlan("predictor", f"{name}-predictor-worker-{i}", "worker",
                                    copy.deepcopy(worker_c), copy.deepcopy(worker_pod),

@@ -75,6 +75,7 @@ def test_each_example_selects_the_runtime_it_documents() -> None:
               for f in EXAMPLE_FILES}
     assert chosen == {"smollm2-standard-cpu": "kserve-vllm-cpu",  # auto-selected by format
                       "smollm2-knative-cpu": "kserve-vllm-knative",
+                      "smollm2-lora-cpu": "kserve-vllm-cpu",
                       "qwen-standard-gpu": "kserve-vllm-gpu",
                       "qwen-multinode-gpu": "kserve-vllm-multinode"}
 
