@@ -200,7 +200,8 @@ class ServerProcess(ChildProcess):
                  health_path: str = "/v2/health/ready", env: dict[str, str] | None = None,
                  startup_timeout: float = 600.0, name: str = "server",
                  cwd: Path | str | None = None, log_path: Path | str | None = None,
-                 poll_interval: float = 0.5, grpc_port: int | None = None) -> None:
+                 poll_interval: float = 0.5, grpc_port: int | None = None,
+                 tls_ca: Path | str | None = None) -> None:
         super().__init__(args, env if env is not None else engine_env(), log_path, cwd,
                          name=name, append_log=False)
         self.port = port
@@ -208,6 +209,7 @@ class ServerProcess(ChildProcess):
         self.startup_timeout = startup_timeout
         self.poll_interval = poll_interval
         self.grpc_port = grpc_port
+        self.tls_ca = tls_ca  # HTTPS, verified against this certificate (None: plain HTTP)
         self.ready_s: float | None = None
 
     @property
@@ -216,7 +218,7 @@ class ServerProcess(ChildProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> Self:
         super().start()
@@ -238,7 +240,9 @@ class ServerProcess(ChildProcess):
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
                                    f"start-up; log: {self.log_path}")
             try:
-                if httpx.get(self.url + self.health_path, timeout=2).status_code == 200:
+                verify = str(self.tls_ca) if self.tls_ca else True
+                if httpx.get(self.url + self.health_path, timeout=2,
+                             verify=verify).status_code == 200:
                     self.ready_s = time.monotonic() - t0
                     return self.ready_s
             except httpx.HTTPError:

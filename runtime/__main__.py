@@ -12,7 +12,13 @@ def main() -> None:
 
     logs.configure()
     try:
-        server.run(cli.parse())
+        if sys.argv[1:2] == ["serve"]:  # the `vllm serve` contract (runtime.serve_cli)
+            from runtime import serve_cli
+
+            settings = serve_cli.parse(sys.argv[2:])
+        else:
+            settings = cli.parse()
+        server.run(settings)
     except (ApiKeyError, EngineArgsError) as exc:  # a start-up mistake: one clear line, no traceback
         print(f"python -m runtime: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout_keep_alive", type=int, default=65, help="(KServe)")
     p.add_argument("--ssl_certfile", default=None, help="TLS certificate (KServe)")
     p.add_argument("--ssl_keyfile", default=None, help="TLS key (KServe)")
+    p.add_argument("--enable_ssl_refresh", type=_bool, nargs="?", const=True, default=False,
+                   help="reload the certificate and key when their files change (vLLM's "
+                        "--enable-ssl-refresh): new connections get the new certificate")
     p.add_argument("--max_request_bytes", type=int, default=8 * 1024 * 1024,
                    help="largest accepted HTTP body; larger gets 413")
     p.add_argument("--health_check_interval", type=float, default=1.0,
@@ -215,6 +218,7 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         engine_argv=engine_argv,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        enable_ssl_refresh=args.enable_ssl_refresh,
         api_key=_secret(args.api_key or (None if args.api_key_file else os.environ.get("API_KEY"))),
         api_key_file=args.api_key_file,
         enable_operator_routes=args.enable_operator_routes,

@@ -70,7 +70,7 @@ class Pipeline:
     def __init__(self, *, lifecycle: Lifecycle, admission: Admission, api_key: ApiKey,
                  request_limits: Limits, served_names: list[str],
                  protect_metrics: bool = False, operator_routes: bool = False,
-                 max_adapters: int = 0) -> None:
+                 max_adapters: int = 0, vllm_serve: bool = False) -> None:
         self.lifecycle = lifecycle
         self.admission = admission
         self.api_key = api_key
@@ -78,6 +78,7 @@ class Pipeline:
         self.served_names = list(served_names)
         self.protect_metrics = protect_metrics
         self.operator_routes = operator_routes
+        self.vllm_serve = vllm_serve  # `python -m runtime serve`: vLLM's paths where they differ
         # LoRA adapters served now (static and loaded at run time): models like the base one.
         self.adapters = AdapterSet(self.served_names, max_adapters)
 

@@ -68,7 +68,8 @@ _V1_MODEL = re.compile(rf"^/v1/models/{_NAME}(?P<rest>:predict)?$")
 # /v2/models/m/versions/v/... is served as /v2/models/m/...
 _VERSIONED = re.compile(r"^(/v2/models/[^/]+)/versions/[^/]+(/.*)?$")
 
-_HEALTH_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
+# /health is vLLM's probe path (KServe's LLMInferenceService probes it): ready or 503.
+_HEALTH_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/health"})
 _SERVER_METADATA = frozenset({"/v2", "/v2/models", "/v1/models", "/v2/repository/index"})
 
 
@@ -78,8 +79,12 @@ def unversioned(path: str) -> str:
     return match.group(1) + (match.group(2) or "") if match else path
 
 
-def classify(path: str, *, operator_routes: bool = False) -> Route:
-    """Where ``path`` (already unversioned) sits in the table."""
+def classify(path: str, *, operator_routes: bool = False, vllm_serve: bool = False) -> Route:
+    """Where ``path`` (already unversioned) sits in the table. ``vllm_serve``: started as
+    ``python -m runtime serve``, where ``/v1/models`` is OpenAI's list (as ``vllm serve``'s)
+    rather than KServe's v1 list."""
+    if vllm_serve and path == "/v1/models":
+        return Route(Kind.METADATA, OPENAI, endpoint="models")
     if path in _HEALTH_PATHS:
         return Route(Kind.HEALTH, V2_REST)
     if path == "/metrics":

@@ -88,6 +88,9 @@ class Supervisor:
             rest._server.should_exit = True
             if force:
                 rest._server.force_exit = True
+            else:  # idle keep-alive connections (HTTPS ones seen) must not hold the exit
+                asyncio.get_running_loop().call_later(
+                    5.0, lambda: setattr(rest._server, "force_exit", True))
         self.model_server.stop(sig)  # gRPC server stop + model unload -> request_stop()
         self.stopping.set()
 
@@ -102,9 +105,23 @@ class Supervisor:
             await asyncio.sleep(0.05)
             rest = getattr(self.model_server, "_rest_server", None)
 
+    def _refresh_certificates(self) -> Any:
+        """With ``--enable-ssl-refresh``: reload the HTTPS certificate when its files change."""
+        settings = self.settings
+        rest = getattr(self.model_server, "_rest_server", None)
+        context = getattr(getattr(getattr(rest, "_server", None), "config", None), "ssl", None)
+        if not (settings.enable_ssl_refresh and context is not None and settings.ssl_certfile
+                and settings.ssl_keyfile):
+            return None
+        from runtime.engine.vllm_tls import refresh_certificates
+
+        return refresh_certificates(context, certfile=settings.ssl_certfile,
+                                    keyfile=settings.ssl_keyfile)
+
     async def run(self) -> None:
         """Start the engine, then watch its health until shutdown."""
         await self._listeners_up()
+        refresher = self._refresh_certificates()
         await self.engine.start()
         if self.on_ready is not None:
             self.on_ready()
@@ -125,6 +142,8 @@ class Supervisor:
                                  exc)
                     return
         finally:
+            if refresher is not None:
+                refresher.stop()
             if self.lifecycle.state is not State.DEAD:
                 self.lifecycle.set(State.STOPPED, "shutdown")
             with contextlib.suppress(Exception):
@@ -187,7 +206,7 @@ def build_pipeline(settings: RuntimeSettings, lifecycle: Lifecycle,
                     served_names=[settings.model_name, *settings.served_model_aliases],
                     protect_metrics=settings.protect_metrics,
                     operator_routes=settings.enable_operator_routes,
-                    max_adapters=settings.max_adapters)
+                    max_adapters=settings.max_adapters, vllm_serve=settings.vllm_serve)
 
 
 def build_models(registry: Any, engine: Engine, lifecycle: Lifecycle, pipeline: Pipeline,

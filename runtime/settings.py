@@ -62,3 +62,9 @@ class RuntimeSettings(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    enable_ssl_refresh: bool = Field(
+        default=False, description="Reload the certificate and key when their files change "
+                                   "(for new connections; as vLLM's --enable-ssl-refresh).")
+    vllm_serve: bool = Field(
+        default=False, description="Started as `python -m runtime serve` (the `vllm serve` "
+                                   "contract): /v1/models is OpenAI's list, /health is vLLM's.")

@@ -61,7 +61,8 @@ class Gate:
         path = routes.unversioned(scope["path"])
         if path != scope["path"]:
             scope = {**scope, "path": path, "raw_path": path.encode()}
-        route = routes.classify(path, operator_routes=self.pipeline.operator_routes)
+        route = routes.classify(path, operator_routes=self.pipeline.operator_routes,
+                                vllm_serve=self.pipeline.vllm_serve)
         given = _header(scope, b"x-request-id")
         token = request_id.set(new_request_id(given.decode("latin-1") if given else None))
         try:

@@ -46,4 +46,14 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
     async def openai_models() -> Response:
         return await engine.openai_models()
 
+    if pipeline.vllm_serve:  # `python -m runtime serve`: vLLM's /v1/models (KServe's otherwise)
+        router.add_api_route("/v1/models", openai_models, methods=["GET"])
+
+    @router.get("/health")
+    async def health() -> Response:
+        """vLLM's probe: 200 (empty) while the engine serves, 503 otherwise (loading, draining,
+        dead), as the runtime's readiness."""
+        pipeline.check_ready()
+        return Response(status_code=200)
+
     return router

@@ -6,13 +6,11 @@ on log lines, prompts and outputs not logged, the in-flight gauge, and the drain
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
@@ -21,6 +19,7 @@ import pytest
 from deployment.processes import ChildProcess
 from tests.runtime.conftest import QUESTION
 from tests.support.server import ServerProcess, engine_env, free_port, runtime_command
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.slow
 
@@ -28,33 +27,6 @@ KEY = "env-key-123"
 AUTH = {"authorization": f"Bearer {KEY}"}
 SECRET_PROMPT = "zebra-unicorn-7731 tell me a story"
 DRAIN_TIMEOUT = 4
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made here (no network, no openssl binary)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "tls.crt", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 class Started:

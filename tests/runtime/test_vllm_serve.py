@@ -1,0 +1,135 @@
+"""``python -m runtime serve``: the ``vllm serve`` contract KServe's LLMInferenceService runs,
+against the real process, with the command line its template writes (two served names, port,
+TLS with refresh, the controller's LoRA arguments in JSON form, vLLM's ``--api-key``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import ssl
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.runtime.conftest import QUESTION
+from tests.support.server import ServerProcess, free_port
+from tests.support.tls import self_signed
+
+pytestmark = pytest.mark.slow
+
+NAMES = ("smollm2", "publishers/test/models/smollm2")
+KEY = "serve-key"
+
+
+class Served:
+    def __init__(self, server: ServerProcess, cert: Path, key: Path, port: int) -> None:
+        self.server, self.cert, self.key, self.port = server, cert, key, port
+        self.client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(cert),
+                                   timeout=120, headers={"authorization": f"Bearer {KEY}"})
+
+    def openai(self, cert: Path | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"https://127.0.0.1:{self.port}/v1", api_key=KEY,
+                             http_client=httpx.Client(verify=str(cert or self.cert)))
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: str, lora_adapters: dict[str, Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("serve-tls")
+    cert, key = self_signed(folder)
+    port = free_port()
+    lora = json.dumps({"name": "a1", "path": str(lora_adapters["attn-a"])})
+    argv = [sys.executable, "-m", "runtime", "serve", model_dir, "--served-model-name", *NAMES,
+            "--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+            "--enable-ssl-refresh", "--max-model-len=2048", "--api-key", KEY,
+            "--enable-lora", "--max-lora-rank=8", "--lora-modules", lora]
+    server = ServerProcess(argv, port=port, health_path="/health", tls_ca=cert,
+                           name="vllm-serve").start()
+    served = Served(server, cert, key, port)
+    try:
+        yield served
+    finally:
+        served.client.close()
+        server.stop()
+
+
+def test_health_and_models_as_vllm_serve(served: Served) -> None:
+    r = httpx.get(f"https://127.0.0.1:{served.port}/health", verify=str(served.cert))
+    assert r.status_code == 200 and r.content == b"", "/health needs no key, answers empty"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{served.port}/health", timeout=10)  # HTTPS only
+    cards = {m["id"]: m for m in served.client.get("/v1/models").json()["data"]}
+    assert set(cards) == {*NAMES, "a1"}
+    assert cards["a1"]["parent"] == NAMES[0]
+    assert httpx.get(f"https://127.0.0.1:{served.port}/v1/models",
+                     verify=str(served.cert)).status_code == 401, "vLLM's --api-key applies"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chat_answers_under_either_name(served: Served, name: str) -> None:
+    out = served.openai().chat.completions.create(
+        model=name, messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
+        temperature=0)
+    assert "Paris" in out.choices[0].message.content
+    assert out.model == NAMES[0]  # as vllm serve: the first served name answers for all
+
+
+def test_the_adapter_is_served_by_name(served: Served) -> None:
+    client = served.openai()
+
+    def ids(model: str) -> list[int]:
+        out = client.completions.create(model=model, prompt="My favourite food is",
+                                        max_tokens=16, temperature=0,
+                                        extra_body={"return_token_ids": True})
+        return list(out.choices[0].token_ids)  # type: ignore[attr-defined]
+
+    assert ids("a1") != ids(NAMES[0]), "the adapter's answer must differ from the base model's"
+
+
+def test_vllm_series_and_the_runtimes_additions_on_the_same_port(served: Served) -> None:
+    metrics = served.client.get("/metrics").text
+    for series in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                   "kserve_llm_requests_total"):
+        assert series in metrics, series
+    r = served.client.post("/v2/models/smollm2/generate", json={
+        "text_input": QUESTION, "parameters": {"max_tokens": 16, "temperature": 0,
+                                               "apply_chat_template": True}})
+    assert r.status_code == 200 and "Paris" in r.json()["text_output"], r.text
+
+
+def _served_fingerprint(port: int) -> str:
+    pem = ssl.get_server_certificate(("127.0.0.1", port))
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def _fingerprint(cert: Path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+
+
+def test_replaced_certificate_files_take_effect_without_a_restart(
+        served: Served, tmp_path: Path) -> None:
+    assert _served_fingerprint(served.port) == _fingerprint(served.cert)
+    new_cert, new_key = self_signed(tmp_path, "next")
+    pid = served.server.proc.pid if served.server.proc else None
+    # As a rotation writes them: the key, then the certificate, in place.
+    served.key.write_bytes(new_key.read_bytes())
+    served.cert.write_bytes(new_cert.read_bytes())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _served_fingerprint(served.port) != _fingerprint(
+            new_cert):
+        time.sleep(0.5)
+    assert _served_fingerprint(served.port) == _fingerprint(new_cert), \
+        "a new connection still sees the old certificate"
+    out = served.openai(new_cert).chat.completions.create(
+        model=NAMES[0], messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
+        temperature=0)
+    assert "Paris" in out.choices[0].message.content
+    assert served.server.proc is not None and served.server.proc.pid == pid
+    assert served.server.proc.poll() is None and os.path.exists(served.cert)
+    assert "Traceback" not in served.server.log()
