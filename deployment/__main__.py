@@ -1,5 +1,5 @@
-"""``python -m deployment``: run, plan or render an InferenceService without a cluster; build
-the example LoRA adapters.
+"""``python -m deployment``: run, plan or render an InferenceService or an LLMInferenceService
+without a cluster; build the example LoRA adapters.
 
 Why a CLI and not only a test helper: users who write an InferenceService want to know, before
 they apply it, that the runtime it selects starts with their arguments, that its probes answer
@@ -9,16 +9,26 @@ on the paths and ports the manifest names, and what the pods will look like to a
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+from deployment.llmisvc import find_llmisvc, plan_llmisvc, tls_secret_name, write_self_signed_tls
 from deployment.local import LocalDeployment, StartupError
-from deployment.manifests import ManifestError, find_isvc, load_manifests, plan
+from deployment.manifests import (
+    ContainerPlan,
+    Manifest,
+    ManifestError,
+    find_isvc,
+    load_manifests,
+    plan,
+)
 from deployment.pods import pod_documents
 
 EPILOG = """\
@@ -38,6 +48,8 @@ examples:
       --runtime servingruntimes/ \
       --storage hf://HuggingFaceTB/SmolLM2-135M-Instruct=.models/smollm2 \
       --storage s3://example-models/smollm2-adapters=.models/smollm2-adapters
+  # an LLMInferenceService: KServe's template command (vllm serve ... over HTTPS) for real:
+  python -m deployment run --isvc llmisvc/smollm2-cpu.yaml --model-dir .models/smollm2
 
 How it maps a pod to this machine: `python` is this interpreter; /mnt/models is --model-dir;
 each storage location (storageUri, every storageUris entry) is the --storage folder of its URI;
@@ -46,6 +58,10 @@ port, --*port flag, *_PORT variable) gets a local port; fieldRef variables get l
 (status.podIP = 127.0.0.1); the explainer's --predictor_host is the local predictor; in
 multi-node runtimes the workers are started next to the head and HEAD_SVC is 127.0.0.1.
 GPU requests are not emulated: GPU manifests run on whatever vLLM build is installed.
+An LLMInferenceService is merged with KServe's default template (deployment/data), runs its
+`bash -c` script with docker/bin (the image's `vllm`) first on PATH, its literal `--port 8000`
+rewritten to the local port, and a self-signed certificate (WORKDIR/tls/tls.crt, its own CA)
+as the TLS Secret; adapters of spec.model.lora are storage URIs like any other (--storage).
 """
 
 
@@ -81,11 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     """Sub-commands ``run``, ``plan`` and ``pods`` sharing the manifest options, and
     ``adapters``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--isvc", required=True, help="YAML file with the InferenceService")
+    common.add_argument("--isvc", required=True,
+                        help="YAML file with the InferenceService or LLMInferenceService")
     common.add_argument("--name", help="which InferenceService, if the file holds several")
-    common.add_argument("--runtime", action="append", required=True,
+    common.add_argument("--runtime", action="append", default=[],
                         help="ServingRuntime / ClusterServingRuntime YAML file or folder "
-                        "(repeatable)")
+                        "(repeatable; required for an InferenceService)")
+    common.add_argument("--llm-config", action="append", default=[],
+                        help="LLMInferenceServiceConfig YAML file an LLMInferenceService names in "
+                        "baseRefs (repeatable; KServe's default template is always the base)")
     common.add_argument("--component", choices=["predictor", "explainer", "all"], default="all",
                         help="which components to run (default: all the InferenceService has)")
     common.add_argument("--namespace", default="default",
@@ -148,11 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, path in build_examples(args.base, args.out).items():
             print(f"{name}: {path}")
         return 0
-    components = ("predictor", "explainer") if args.component == "all" else (args.component,)
+    components: tuple[str, ...] = (("predictor", "explainer") if args.component == "all"
+                                   else (args.component,))
     try:
-        manifests = load_manifests([args.isvc, *_runtime_files(args.runtime)])
-        isvc = find_isvc(manifests, args.name)
-        plans = plan(isvc, manifests, components)
+        manifests = load_manifests([args.isvc, *args.llm_config,
+                                    *_runtime_files(args.runtime)])
+        llm = find_llmisvc(manifests, args.name)
+        isvc: Manifest
+        plans: list[ContainerPlan]
+        if llm is not None:
+            isvc, components = llm, ("workload",)
+            plans = plan_llmisvc(llm, manifests, namespace=args.namespace)
+        else:
+            if not args.runtime:
+                raise ManifestError("an InferenceService needs its runtimes: give --runtime")
+            isvc = find_isvc(manifests, args.name)
+            plans = plan(isvc, manifests, components)
     except (ManifestError, OSError, yaml.YAMLError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -165,19 +196,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {p.component} / {p.pod_name} ({p.role})")
             print(yaml.safe_dump({"command": c.get("command"), "args": c.get("args"),
                                   "env": c.get("env"), "injected_env": p.injected_env,
+                                  "image_env": p.image_env,
                                   "ports": c.get("ports"), "storage": p.storage,
                                   "probes": {k: c[k] for k in ("startupProbe", "readinessProbe",
                                                                 "livenessProbe") if k in c}},
                                  sort_keys=False))
         return 0
+    own_workdir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
+    # The Secret KServe's controller fills with a self-signed certificate, for the TLS volume.
+    secrets = {tls_secret_name(llm): workdir / "tls"} if llm is not None else {}
     try:
         dep = LocalDeployment(plans, model_dir=args.model_dir,
-                              storage=_storage_pairs(args.storage), workdir=args.workdir,
+                              storage=_storage_pairs(args.storage), workdir=workdir,
                               base_port=args.base_port, extra_env=_env_pairs(args.env),
-                              predictor_host=args.predictor_host, namespace=args.namespace)
+                              predictor_host=args.predictor_host, namespace=args.namespace,
+                              secrets=secrets)
     except ManifestError as e:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for folder in secrets.values():
+        write_self_signed_tls(folder)
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds into `finally`, which stops every container
 
@@ -190,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{comp}: {dep.component_url(comp)}")
             except KeyError:
                 pass
+        if llm is not None:
+            model = (llm.doc["spec"].get("model") or {}).get("name") or name
+            print(f"try: curl --cacert {workdir / 'tls' / 'tls.crt'} "
+                  f"{dep.component_url('workload')}/v1/chat/completions "
+                  f"-H 'content-type: application/json' -d '{{\"model\": \"{model}\", "
+                  f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
         if "predictor" in components:
             print(f"try: curl {dep.component_url('predictor')}/openai/v1/chat/completions "
                   f"-H 'content-type: application/json' -d '{{\"model\": \"{name}\", "

@@ -30,6 +30,8 @@ from runtime.auth import redact_argv
 
 _PORT_FLAG = re.compile(r"^--[\w-]*port$")
 _PORT_FLAG_EQ = re.compile(r"^(--[\w-]*port)=(\d+)$")
+# A port flag inside an inline shell script (`bash -c "... --port 8000 ..."`).
+_SCRIPT_PORT = re.compile(r"(?<![\w-])(--[\w-]*port)([ =])(\d+)\b")
 
 
 class StartupError(RuntimeError):
@@ -69,6 +71,8 @@ def _declared_ports(c: dict[str, Any], env: dict[str, str]) -> set[int]:
             ports.add(int(m.group(2)))
         elif _PORT_FLAG.match(tok) and i + 1 < len(args) and args[i + 1].isdigit():
             ports.add(int(args[i + 1]))
+        elif any(ch.isspace() for ch in tok):  # a script
+            ports |= {int(m.group(3)) for m in _SCRIPT_PORT.finditer(tok)}
     ports |= {int(v) for k, v in env.items() if k.endswith("_PORT") and v.isdigit()}
     return ports
 
@@ -81,6 +85,10 @@ def _map_ports(argv: list[str], port_map: dict[int, int]) -> list[str]:
         elif (i > 0 and _PORT_FLAG.match(argv[i - 1]) and tok.isdigit()
               and int(tok) in port_map):
             tok = str(port_map[int(tok)])
+        elif any(ch.isspace() for ch in tok):  # a script: its literal `--port N`
+            tok = _SCRIPT_PORT.sub(
+                lambda m: m.group(1) + m.group(2) + str(port_map.get(int(m.group(3)),
+                                                                     m.group(3))), tok)
         out.append(tok)
     return out
 
@@ -99,6 +107,14 @@ class LocalContainer:
     @property
     def name(self) -> str:
         return self.plan.pod_name
+
+    def scheme(self) -> str:
+        """``https`` when the container's startup (else readiness) probe says so."""
+        for kind in ("startupProbe", "readinessProbe"):
+            get = self.plan.container.get(kind, {}).get("httpGet")
+            if get:
+                return str(get.get("scheme", "HTTP")).lower()
+        return "http"
 
     def http_port(self) -> int | None:
         """The local port of the container's first declared port (its serving port)."""
@@ -123,14 +139,16 @@ class LocalDeployment:
     URI (a location at /mnt/models may use ``model_dir`` instead). ``extra_env`` overrides any
     environment variable of every container (e.g. a smaller KV cache); ``base_port`` assigns
     local ports from that number upwards (0: free ports). ``predictor_host`` is used for the
-    explainer when the predictor is not started here.
+    explainer when the predictor is not started here. ``secrets`` maps a Secret's name to a
+    local folder holding its keys (e.g. the TLS certificate of an LLMInferenceService).
     """
 
     def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path | None = None,
                  storage: Mapping[str, str | Path] | None = None,
                  workdir: str | Path | None = None, base_port: int = 0,
                  extra_env: dict[str, str] | None = None, predictor_host: str | None = None,
-                 echo: Callable[[str], None] = print, namespace: str = "default") -> None:
+                 echo: Callable[[str], None] = print, namespace: str = "default",
+                 secrets: Mapping[str, str | Path] | None = None) -> None:
         if not plans:
             raise ManifestError("nothing to run: no container planned")
         if model_dir is None and not storage:
@@ -143,6 +161,7 @@ class LocalDeployment:
         self.predictor_host = predictor_host
         self.echo = echo
         self.namespace = namespace
+        self.secrets = {k: str(Path(v).resolve()) for k, v in (secrets or {}).items()}
         self._next_port = base_port
         self._port_maps: dict[str, dict[int, int]] = {}
         self.containers = [self._localise(p) for p in plans]
@@ -155,7 +174,7 @@ class LocalDeployment:
         return free_port()
 
     def _env(self, plan: ContainerPlan) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **plan.image_env}
         field_values = {"status.podIP": "127.0.0.1", "metadata.namespace": self.namespace,
                         "metadata.name": plan.pod_name, "spec.nodeName": "localhost",
                         "status.hostIP": "127.0.0.1"}
@@ -210,6 +229,8 @@ class LocalDeployment:
                 local = self.workdir / "volumes" / plan.pod_name / mount["name"]
                 local.mkdir(parents=True, exist_ok=True)
                 paths[mount["mountPath"]] = str(local)
+            elif vol.get("secret", {}).get("secretName") in self.secrets:
+                paths[mount["mountPath"]] = self.secrets[vol["secret"]["secretName"]]
         argv = [_map_paths(a, paths) for a in [*c["command"], *c.get("args", [])]]
         argv = _map_ports([local_executable(argv[0]), *argv[1:]], port_map)
         for key in own & set(env):
@@ -222,15 +243,16 @@ class LocalDeployment:
 
     # ----- running -----------------------------------------------------------------------
     def component_url(self, component: str) -> str:
-        """``http://127.0.0.1:PORT`` of a component's serving port (its first containerPort)."""
+        """``http(s)://127.0.0.1:PORT`` of a component's serving port (its first
+        containerPort; the scheme its probes use)."""
         for c in self.containers:
             if c.plan.component == component and c.http_port():
-                return f"http://127.0.0.1:{c.http_port()}"
+                return f"{c.scheme()}://127.0.0.1:{c.http_port()}"
         raise KeyError(f"no running {component} with a declared port")
 
     def _predictor_address(self) -> str:
         try:
-            return self.component_url("predictor").removeprefix("http://")
+            return self.component_url("predictor").split("://", 1)[1]
         except KeyError:
             if self.predictor_host:
                 return self.predictor_host

@@ -47,7 +47,9 @@ class ContainerPlan:
     the pod-level fields (volumes, securityContext, ...) of the pod it runs in; ``injected_env``
     is the environment the controller adds; ``sources`` are the manifest texts it came from (for
     their ``checkov:skip`` justifications); ``storage`` lists what the storage initializer
-    would download before the container starts (``{"uri": ..., "mountPath": ...}``).
+    would download before the container starts (``{"uri": ..., "mountPath": ...}``);
+    ``image_env`` is what the image's own ``ENV`` provides and the container's env overrides
+    (for an LLMInferenceService: the PATH on which ``vllm`` is this runtime).
     """
 
     component: str
@@ -59,6 +61,7 @@ class ContainerPlan:
     sources: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     storage: list[dict[str, str]] = field(default_factory=list)
+    image_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
