@@ -317,10 +317,10 @@ def tls_secret_name(svc: Manifest) -> str:
     return child_name(svc.doc["metadata"]["name"], "-kserve-self-signed-certs")
 
 
-def write_self_signed_tls(folder: str | Path) -> Path:
+def write_self_signed_tls(folder: str | Path, stem: str = "tls") -> Path:
     """A self-signed certificate for 127.0.0.1 / localhost as the Secret's ``tls.crt`` and
-    ``tls.key`` in ``folder`` (what KServe's self-signed Secret holds); the certificate is its
-    own CA, so clients verify against ``tls.crt``. Returns the folder."""
+    ``tls.key`` in ``folder`` (what KServe's self-signed Secret holds; ``stem`` names other
+    files); the certificate is its own CA, so clients verify against it. Returns the folder."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -340,9 +340,9 @@ def write_self_signed_tls(folder: str | Path) -> Path:
                 [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
             .sign(key, hashes.SHA256()))
-    (out / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (out / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                    serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
-    (out / "tls.key").chmod(0o600)
+    (out / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                        serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    (out / f"{stem}.key").chmod(0o600)
     return out

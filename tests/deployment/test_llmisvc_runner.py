@@ -23,6 +23,7 @@ import pytest
 
 from deployment.processes import engine_env
 from tests.deployment.conftest import REPO
+from tests.support.server import stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -101,10 +102,5 @@ def test_lora_example_serves_chat_and_lists_its_adapters(
         expected |= {n for a in ADAPTERS for n in (a, f"publishers/default/models/{a}")}
         assert expected <= names, sorted(names)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the runner stops the workload on SIGTERM
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)  # the runner stops its workloads on SIGTERM
     assert proc.returncode in (0, 130), proc.returncode

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import pytest
 from deployment.local import LocalDeployment
 from deployment.manifests import ManifestError, plan, storage_locations
 from tests.deployment.conftest import EXAMPLES_DIR, REPO, example, runtimes
+from tests.support.lora import peft_greedy
+from tests.support.server import stop_group
 
 EXAMPLE = EXAMPLES_DIR / "smollm2-lora-cpu.yaml"
 BASE_URI = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -123,24 +124,8 @@ def test_cli_adapters_builds_into_out_and_keeps_what_is_built(tmp_path: Path) ->
 
 def _peft_reference(model_dir: str, adapters: dict[str, Path]) -> dict[str, list[int]]:
     """Greedy token ids of PROMPT: base model and each adapter, transformers + peft."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    ids = AutoTokenizer.from_pretrained(model_dir)(PROMPT, return_tensors="pt").input_ids
-
-    def greedy(model: Any) -> list[int]:
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=TOKENS, do_sample=False)
-        return [int(t) for t in out[0, ids.shape[1]:]]
-
-    def base() -> Any:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-
-    refs = {"base": greedy(base())}
-    for name in ADAPTERS:
-        refs[name] = greedy(PeftModel.from_pretrained(base(), str(adapters[name])))
-    return refs
+    got = peft_greedy(model_dir, PROMPT, TOKENS, {n: adapters[n] for n in ADAPTERS})
+    return {"base" if name is None else name: ids for name, ids in got.items()}
 
 
 def _serve(argv: list[str], log: Path, timeout: float = 1200) -> tuple[subprocess.Popen, str]:
@@ -195,10 +180,5 @@ def test_example_serves_every_adapter_through_the_runner(
             assert got != base, f"adapter {name} answers like the base model"
             assert got == refs[name], f"adapter {name}: runner {got} != peft {refs[name]}"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the runner stops its containers on SIGTERM
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)  # the runner stops its workloads on SIGTERM
     assert proc.returncode in (0, 130), proc.returncode

@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
+from tests.support.lora import peft_greedy
 from tests.support.server import ServerProcess, start_runtime
 
 pytestmark = pytest.mark.slow
@@ -96,24 +97,8 @@ def grpc(server: ServerProcess, actions: list[dict[str, Any]], key: str = KEY) -
 @pytest.fixture(scope="module")
 def reference(model_dir: str, lora_adapters: dict[str, Path]) -> dict[str, list[int]]:
     """Greedy token ids of ``PROMPT`` for the base model and for each adapter."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
-
-    def greedy(model: Any) -> list[int]:
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=TOKENS, do_sample=False)
-        return [int(t) for t in out[0, ids.shape[1]:]]
-
-    def base() -> Any:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-
-    refs = {MODEL: greedy(base())}
-    for name, path in lora_adapters.items():
-        refs[name] = greedy(PeftModel.from_pretrained(base(), str(path)))
+    got = peft_greedy(model_dir, PROMPT, TOKENS, lora_adapters)
+    refs = {MODEL if name is None else name: ids for name, ids in got.items()}
     for name in lora_adapters:  # otherwise "equals the adapter's output" proves nothing
         assert refs[name] != refs[MODEL], f"adapter {name} does not change the output"
     return refs

@@ -12,10 +12,12 @@ repository's paths and defaults and keeps the names the suites import.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from deployment import processes
 from deployment.processes import engine_env, free_port
@@ -112,3 +114,15 @@ def run_tool(cmd: Sequence[str], *, timeout: float, grace: float = 60.0
                 out, err = proc.communicate()
             raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 120.0) -> int:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``, as the local
+    runner is in tests: it stops its workloads on SIGTERM), SIGKILL after ``timeout``; the
+    exit code."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()

@@ -1,33 +1,13 @@
-"""Self-signed certificates for HTTPS tests, made in-process (no network, no openssl binary)."""
+"""Self-signed certificates for HTTPS tests (the local runner's generator, as paths)."""
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
+
+from deployment.llmisvc import write_self_signed_tls
 
 
 def self_signed(folder: Path, stem: str = "tls") -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 and its key in ``folder`` (``stem``.crt, ``stem``.key)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    write_self_signed_tls(folder, stem)
+    return folder / f"{stem}.crt", folder / f"{stem}.key"
