@@ -343,9 +343,13 @@ def start_server(args: argparse.Namespace) -> ServerProcess:
     """``python -m runtime`` on free loopback ports, in its own session; waits for ready."""
     http_port, args.grpc_port = free_port(), free_port()
     args.url = f"http://127.0.0.1:{http_port}"
+    argv = runtime_command(model_dir=args.model_dir, model_name=args.model, http_port=http_port,
+                           grpc_port=args.grpc_port, extra=args.server_arg)
+    if args.tracemalloc:  # same process, same arguments, under scripts/memtrace.py
+        argv = [argv[0], str(Path(__file__).with_name("memtrace.py")), "run", "--out",
+                args.tracemalloc, "--every", str(args.tracemalloc_every), "--", *argv[3:]]
     server = ServerProcess(
-        runtime_command(model_dir=args.model_dir, model_name=args.model, http_port=http_port,
-                        grpc_port=args.grpc_port, extra=args.server_arg),
+        argv,
         port=http_port, grpc_port=args.grpc_port, name="soak-server",
         log_path=args.server_log, startup_timeout=900, poll_interval=1.0,
         cwd=Path(__file__).resolve().parents[1])
@@ -388,7 +392,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--max-model-len=2048 is always passed)")
     p.add_argument("--server-log", default=os.path.join(tempfile.gettempdir(),
                                                          "soak-server.log"), help="with --start")
+    p.add_argument("--tracemalloc", metavar="DIR", help="with --start: run the server under "
+                   "scripts/memtrace.py, tracemalloc snapshots into DIR")
+    p.add_argument("--tracemalloc-every", type=float, default=300.0,
+                   help="seconds between tracemalloc snapshots")
     args = p.parse_args(argv)
+    if args.tracemalloc and not args.start:
+        p.error("--tracemalloc needs --start")
     args.server_arg = ["--max-model-len=2048", *(args.server_arg or [])]
     if not args.start and args.pid is None:
         p.error("--pid is required unless --start is given")
