@@ -1,9 +1,10 @@
-"""``python -m benchmarks {run,compare,side-by-side,adapters}``.
+"""``python -m benchmarks {run,compare,side-by-side,adapters,startup}``.
 
 Why subcommands: ``run`` drives servers that are already up (a cluster, a port-forward);
 ``side-by-side`` starts this runtime and plain vLLM itself for a like-for-like comparison;
 ``compare`` recomputes the overhead table from finished runs; ``adapters`` starts one runtime
-with LoRA adapters and compares traffic spread over them with the base model alone.
+with LoRA adapters and compares traffic spread over them with the base model alone;
+``startup`` times each server's start alone, alternately, several times.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import adapters, cli, sidebyside
+from benchmarks import adapters, cli, sidebyside, startup
 from benchmarks.compare import compare_points, comparison_markdown
 from deployment.processes import stop_on_sigterm
 
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     adapters.add_flags(sub.add_parser(
         "adapters", help="one runtime with LoRA adapters: spread over them vs the base model",
         description="Engine arguments go after `--` (the LoRA flags are added)."))
+    startup.add_flags(sub.add_parser(
+        "startup", help="time to ready: this runtime against plain vLLM, alternating starts",
+        description="Engine arguments for both servers go after `--`."))
     c = sub.add_parser("compare", help="overhead table from finished runs")
     c.add_argument("runs", nargs="+", help="run directories (with run.json)")
     c.add_argument("--target", default="runtime")
@@ -66,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return sidebyside.cmd_side_by_side(args, engine_args)
     if args.command == "adapters":
         return adapters.cmd_adapters(args, engine_args)
+    if args.command == "startup":
+        return startup.cmd_startup(args, engine_args)
     return cmd_compare(args)
 
 
