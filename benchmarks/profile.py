@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     a.out.mkdir(parents=True, exist_ok=True)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not os.access(pyspy, os.X_OK):  # before a server start, not after it
+        raise SystemExit("python -m benchmarks.profile: py-spy not found (on PATH or next to "
+                         f"{sys.executable}): install the bench extra, pip install -e '.[bench]'")
     model_dir = str(Path(a.model_dir).resolve())
     server: ServerProcess = (
         runtime_server(model_dir, a.served_model_name, engine_args, free_port(), free_port(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +26,7 @@ from benchmarks.workload import (
     random_prompts,
     sharegpt_prompts,
 )
-from deployment.processes import free_port
+from tests.support.fake_bench_server import serve_in_thread
 from tests.support.server import DEFAULT_MODEL_DIR
 
 TOKENS = 5
@@ -82,16 +81,8 @@ def _fake_app(fail_every: int) -> web.Application:
 
 @pytest.fixture(scope="module")
 def fake_url() -> Iterator[str]:
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_fake_app(fail_every=7))
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with serve_in_thread(_fake_app(fail_every=7)) as url:
+        yield url
 
 
 def test_run_against_scripted_server(fake_url: str) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from benchmarks import cli
 from benchmarks.adapters import adapter_folders, lora_args, summary
@@ -30,71 +28,18 @@ from benchmarks.clients import Sampling, Target
 from benchmarks.load import Load, run_point
 from benchmarks.runner import RunPlan, run
 from benchmarks.workload import Prompt
-from deployment.processes import free_port
+from tests.support.fake_bench_server import echo_app, serve_in_thread
 
 MODELS = ("attn-a", "mlp-b", "attn-c", "mlp-d")
 HTTP_APIS = ["openai-chat", "openai-completions", "v2-generate-stream", "v2-generate",
              "v2-infer"]
 
 
-def _echo_app(seen: list[str]) -> web.Application:
-    """Every API answers one chunk whose text is the model name the request was sent to."""
-    async def sse(request: web.Request, event: dict[str, Any]) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode())
-        return resp
-
-    async def chat(request: web.Request) -> web.StreamResponse:
-        model = (await request.json())["model"]
-        seen.append(model)
-        return await sse(request, {"choices": [{"delta": {"content": model}}]})
-
-    async def completions(request: web.Request) -> web.StreamResponse:
-        model = (await request.json())["model"]
-        seen.append(model)
-        return await sse(request, {"choices": [{"text": model}]})
-
-    async def generate_stream(request: web.Request) -> web.StreamResponse:
-        seen.append(request.match_info["model"])
-        return await sse(request, {"text_output": request.match_info["model"]})
-
-    async def generate(request: web.Request) -> web.Response:
-        seen.append(request.match_info["model"])
-        return web.json_response({"text_output": request.match_info["model"]})
-
-    async def infer(request: web.Request) -> web.Response:
-        seen.append(request.match_info["model"])
-        return web.json_response({"outputs": [{"name": "text_output", "datatype": "BYTES",
-                                               "shape": [1],
-                                               "data": [request.match_info["model"]]}]})
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v2/models/{model}/generate_stream", generate_stream)
-    app.router.add_post("/v2/models/{model}/generate", generate)
-    app.router.add_post("/v2/models/{model}/infer", infer)
-    app.router.add_get("/v2/health/ready", ready)
-    return app
-
-
 @pytest.fixture(scope="module")
 def echo_server() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_echo_app(seen))
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", seen
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    with serve_in_thread(echo_app(seen)) as url:
+        yield url, seen
 
 
 def _words(text: str, add_special_tokens: bool = False) -> SimpleNamespace:

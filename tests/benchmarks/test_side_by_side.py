@@ -16,7 +16,7 @@ from tests.support.server import run_tool
 pytestmark = pytest.mark.slow  # starts this runtime and plain vLLM
 APIS = ("openai-chat", "v2-generate-stream")
 LOADS = ("c1", "c4")
-PROMPTS, OUT_TOKENS, IN_TOKENS = 16, 32, 64
+PROMPTS, OUT_TOKENS, IN_TOKENS = 8, 24, 64
 
 
 @pytest.fixture(scope="module")

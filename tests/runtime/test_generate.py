@@ -36,7 +36,10 @@ def test_generate_answers(http: httpx.Client) -> None:
 def test_stream_joins_to_generate(http: httpx.Client) -> None:
     body = {"text_input": "The capital of France is", "parameters": {"max_tokens": 12,
                                                                      "temperature": 0}}
-    full = http.post(f"/v2/models/{MODEL}/generate", json=body).json()["text_output"]
+    whole = http.post(f"/v2/models/{MODEL}/generate", json=body).json()
+    full = whole["text_output"]
+    # the non-streamed answer carries the finish reason and token counts too (README)
+    assert whole["finish_reason"] == "length" and whole["usage"]["completion_tokens"] == 12
     events = stream_events(http, body)
     assert len(events) > 3, "text should arrive in several events, as it is produced"
     assert "".join(e["text_output"] for e in events) == full
