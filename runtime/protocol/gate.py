@@ -15,7 +15,7 @@ import contextlib
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import routes
-from runtime.errors import ClientError, PayloadTooLargeError, ServingError
+from runtime.errors import ClientError, PayloadTooLargeError, ServerError, ServingError
 from runtime.logs import new_request_id, request_id
 from runtime.metrics import count_request
 from runtime.pipeline import Pipeline, outcome_of
@@ -142,6 +142,12 @@ class Gate:
         except _TooLarge as exc:
             if not started:
                 await self._send_error(send_with_id, exc, route, where)
+        except Exception as exc:  # a server fault: a 500 in the route's shape, logged here once
+            if started:
+                raise
+            err = ServerError(f"internal error: {type(exc).__name__}")
+            err.__cause__ = exc  # log_error adds the traceback
+            await self._send_error(send_with_id, err, route, where)
 
 
 async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive,

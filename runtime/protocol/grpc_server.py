@@ -75,6 +75,7 @@ class PipelineInterceptor(aio.ServerInterceptor):
             metadata = {m.key: m.value for m in (context.invocation_metadata() or ())}
             token = request_id.set(new_request_id(metadata.get("x-request-id")))
             try:
+                await context.send_initial_metadata((("x-request-id", request_id.get()),))
                 try:
                     return await self._run(rpc, inner, request, context, metadata)
                 except Exception as exc:
@@ -105,6 +106,7 @@ class PipelineInterceptor(aio.ServerInterceptor):
                                   outcome_of(int(err.http_status)))
                     logger.info("gRPC %s -> %s: %s", rpc, err.grpc_code, err.message)
                     await context.abort(grpc.StatusCode[err.grpc_code], err.message)
+                await context.send_initial_metadata((("x-request-id", request_id.get()),))
                 await inner(requests, context)
             finally:
                 request_id.reset(token)
