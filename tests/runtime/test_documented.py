@@ -1,7 +1,8 @@
 """README claims that need a server configured differently, on one such server: HTTPS
 (``--ssl_certfile``/``--ssl_keyfile``), served aliases (extra ``--served-model-name``), the key
 from ``$API_KEY``, ``--protect_metrics``, 503 + Retry-After while the engine loads, request ids
-on log lines, prompts and outputs not logged, the in-flight gauge, and the drain's cut-off
+on log lines, prompts and outputs not logged, the in-flight gauge, certificate refresh
+(``--enable_ssl_refresh``), and the drain's cut-off
 (503 on OpenAI and gRPC while draining, the process gone after ``--drain_timeout``)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -19,7 +21,7 @@ import pytest
 from deployment.processes import ChildProcess
 from tests.runtime.conftest import QUESTION
 from tests.support.server import ServerProcess, engine_env, free_port, runtime_command
-from tests.support.tls import self_signed
+from tests.support.tls import rotate_and_wait, self_signed
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +35,9 @@ class Started:
     """The server, its HTTPS client, and what was seen while it loaded."""
 
     def __init__(self, server: ServerProcess, client: httpx.Client,
-                 loading: list[httpx.Response]) -> None:
+                 loading: list[httpx.Response], cert: Path, key: Path) -> None:
         self.server, self.client, self.loading = server, client, loading
+        self.cert, self.key = cert, key
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +48,13 @@ def tls_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         runtime_command(model_dir=model_dir, http_port=http_port, grpc_port=grpc_port, extra=[
             "--max-model-len=1024", "--served-model-name", "smollm2", "alias-two",
             f"--ssl_certfile={cert}", f"--ssl_keyfile={key}", "--protect_metrics=true",
-            f"--drain_timeout={DRAIN_TIMEOUT}"]),
+            f"--drain_timeout={DRAIN_TIMEOUT}", "--enable_ssl_refresh=true"]),
         port=http_port, env=engine_env({"API_KEY": KEY}), name="tls", grpc_port=grpc_port)
     ChildProcess.start(server)  # launch only: the test watches it load
     client = httpx.Client(base_url=f"https://127.0.0.1:{http_port}", verify=str(cert),
                           timeout=120)
     loading: list[httpx.Response] = []
+    started = Started(server, client, loading, cert, key)  # its client is replaced on rotation
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
@@ -66,9 +70,9 @@ def tls_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             time.sleep(0.5)
         else:
             pytest.fail("the HTTPS server never became ready")
-        yield Started(server, client, loading)
+        yield started
     finally:
-        client.close()
+        started.client.close()
         server.stop()
 
 
@@ -121,6 +125,18 @@ def test_request_ids_on_log_lines_and_no_prompts_logged(tls_server: Started) -> 
     assert "[rid-4242]" in log  # the client error's one line carries the request id
     assert "zebra-unicorn" not in log
     assert len(output) < 8 or output not in log
+
+
+def test_replaced_certificate_files_take_effect(tls_server: Started, tmp_path: Path) -> None:
+    """--enable_ssl_refresh in the ServingRuntime mode: new handshakes present the rotated
+    certificate, the same process keeps answering (the drain tests below use the new one)."""
+    pid = tls_server.server.pid
+    new_cert = rotate_and_wait(tls_server.cert, tls_server.key, tls_server.server.port, tmp_path)
+    tls_server.client.close()
+    tls_server.client = httpx.Client(base_url=str(tls_server.client.base_url),
+                                     verify=str(new_cert), timeout=120)
+    r = tls_server.client.get("/v2/health/ready")
+    assert r.status_code == 200 and tls_server.server.pid == pid
 
 
 def _long_stream(client: httpx.Client, events: list[str]) -> None:

@@ -42,6 +42,8 @@ def test_metrics_by_protocol(http: httpx.Client, predictor) -> None:
                      json=v2_body(["Hello"], max_tokens=-1)).status_code == 400
     after = http.get("/metrics").text
     assert "vllm:" in after, "vLLM's engine series are missing"
+    # KServe's own series, as the README says (its model wrapper times v2 infer and :predict)
+    assert _delta(before, after, "request_predict_seconds_count") >= 1
     for proto in ("v2-rest", "v2-generate", "openai", "v1-rest", "v2-grpc"):
         assert _delta(before, after, "kserve_llm_requests_total", model=MODEL, protocol=proto,
                       outcome="success") == 1, proto

@@ -4,12 +4,9 @@ TLS with refresh, the controller's LoRA arguments in JSON form, vLLM's ``--api-k
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import ssl
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 
 from tests.runtime.conftest import QUESTION
 from tests.support.server import ServerProcess, free_port
-from tests.support.tls import self_signed
+from tests.support.tls import fingerprint, rotate_and_wait, self_signed, served_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -103,29 +100,11 @@ def test_vllm_series_and_the_runtimes_additions_on_the_same_port(served: Served)
     assert r.status_code == 200 and "Paris" in r.json()["text_output"], r.text
 
 
-def _served_fingerprint(port: int) -> str:
-    pem = ssl.get_server_certificate(("127.0.0.1", port))
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
-
-
-def _fingerprint(cert: Path) -> str:
-    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
-
-
 def test_replaced_certificate_files_take_effect_without_a_restart(
         served: Served, tmp_path: Path) -> None:
-    assert _served_fingerprint(served.port) == _fingerprint(served.cert)
-    new_cert, new_key = self_signed(tmp_path, "next")
+    assert served_fingerprint(served.port) == fingerprint(served.cert)
     pid = served.server.proc.pid if served.server.proc else None
-    # As a rotation writes them: the key, then the certificate, in place.
-    served.key.write_bytes(new_key.read_bytes())
-    served.cert.write_bytes(new_cert.read_bytes())
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _served_fingerprint(served.port) != _fingerprint(
-            new_cert):
-        time.sleep(0.5)
-    assert _served_fingerprint(served.port) == _fingerprint(new_cert), \
-        "a new connection still sees the old certificate"
+    new_cert = rotate_and_wait(served.cert, served.key, served.port, tmp_path)
     out = served.openai(new_cert).chat.completions.create(
         model=NAMES[0], messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
         temperature=0)
