@@ -84,6 +84,8 @@ def test_503_with_retry_after_while_the_engine_loads(tls_server: Started) -> Non
     if not tls_server.loading:
         pytest.skip("no request was answered while the engine loaded (event loop blocked)")
     for r in tls_server.loading:
+        if r.status_code == 200 and r.json().get("text_output"):
+            continue  # sent just as readiness flipped: generated text proves the engine was up
         assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
         assert "not ready" in r.json()["error"]
 

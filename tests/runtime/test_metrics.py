@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -40,7 +42,15 @@ def test_metrics_by_protocol(http: httpx.Client, predictor) -> None:
     grpc_infer(predictor.grpc_port, ["Hello"], five)
     assert http.post(f"/v2/models/{MODEL}/infer",
                      json=v2_body(["Hello"], max_tokens=-1)).status_code == 400
-    after = http.get("/metrics").text
+    # A request is counted when its handler returns, which can be just after the client has
+    # read the answer (the next request may be served first): wait for the last one's count.
+    deadline = time.monotonic() + 5
+    while True:
+        after = http.get("/metrics").text
+        if _delta(before, after, "kserve_llm_requests_total", protocol="v2-rest",
+                  outcome="client_error") >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert "vllm:" in after, "vLLM's engine series are missing"
     # KServe's own series, as the README says (its model wrapper times v2 infer and :predict)
     assert _delta(before, after, "request_predict_seconds_count") >= 1
