@@ -123,9 +123,10 @@ def cmd_startup(args: argparse.Namespace, engine_args: list[str]) -> int:
     summary = summarize(trials)
     doc = {"engine_args": engine_args, "trials": trials, "summary": summary,
            "settings_differences": diffs}
+    report = markdown(summary, trials, engine_args)
     (out / "startup.json").write_text(json.dumps(doc, indent=2))
-    (out / "startup.md").write_text(markdown(summary, trials, engine_args))
-    print(markdown(summary, trials, engine_args))
+    (out / "startup.md").write_text(report)
+    print(report)
     if diffs:
         print("the servers' engine settings differ:\n  " + "\n  ".join(diffs))
         return 2
