@@ -82,6 +82,9 @@ class PipelineInterceptor(aio.ServerInterceptor):
                     err = as_serving_error(exc)
                 level = logging.INFO if err.http_status < 500 else logging.ERROR
                 logger.log(level, "gRPC %s -> %s: %s", rpc, err.grpc_code, err.message)
+                retry = getattr(err, "retry_after", None)
+                if retry:  # HTTP's Retry-After, as trailing metadata (seconds)
+                    context.set_trailing_metadata((("retry-after", str(retry)),))
                 await context.abort(grpc.StatusCode[err.grpc_code], err.message)
             finally:
                 request_id.reset(token)

@@ -21,6 +21,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.dataplane import RuntimeDataPlane
+from runtime.lifecycle import State
 from runtime.logs import RequestIdFilter
 from runtime.model import LLMModel
 from runtime.protocol.grpc_server import PipelineInterceptor, RuntimeServicer
@@ -215,6 +216,24 @@ def test_grpc_calls_carry_their_request_id(logged: pytest.LogCaptureFixture) -> 
     assert given == "grpc-8"
     lines = [r for r in logged.records if r.name.startswith("runtime")]
     assert lines and all(r.request_id == "grpc-8" for r in lines)  # type: ignore[attr-defined]
+
+
+def test_grpc_refusals_carry_retry_after() -> None:
+    """README: 503/429 come with Retry-After; on gRPC it is a `retry-after` trailing-metadata
+    entry (seconds) on UNAVAILABLE / RESOURCE_EXHAUSTED, as on HTTP; other errors have none."""
+    async def call(parts: Assembled, request: Any) -> tuple[Any, dict[str, str]]:
+        async with grpc_stub(parts) as stub:
+            rpc = stub.ModelInfer(request)
+            with pytest.raises(aio.AioRpcError) as err:
+                await rpc
+            return err.value.code(), dict(await rpc.trailing_metadata() or ())
+
+    code, trailing = asyncio.run(call(assemble(state=State.DRAINING),
+                                      infer_request("a b", stream=False)))
+    assert code == grpc.StatusCode.UNAVAILABLE and trailing.get("retry-after") == "5"
+    code, trailing = asyncio.run(call(assemble(), infer_request("a", model="nope",
+                                                                stream=False)))
+    assert code == grpc.StatusCode.NOT_FOUND and "retry-after" not in trailing
 
 
 def v2(data: Any, shape: list[int], *extra: dict[str, Any], **params: Any) -> dict[str, Any]:
