@@ -25,6 +25,7 @@ from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 from vllm.exceptions import VLLMValidationError
+from vllm.platforms import current_platform
 from vllm.utils.gc_utils import freeze_gc_heap
 from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -96,6 +97,7 @@ class VLLMEngine(Engine):
         self._stack = contextlib.AsyncExitStack()
         self._stats_task: asyncio.Task[None] | None = None
         self.supported_tasks: tuple[str, ...] = ()
+        self._lora_on_cpu = bool(self.args.enable_lora) and current_platform.is_cpu()
 
     @property
     def max_model_len(self) -> int:
@@ -284,6 +286,13 @@ class VLLMEngine(Engine):
         return vllm_openai.model_of(request)
 
     def openai_work(self, kind: str, request: Any, limits: Limits) -> Work:
+        # vLLM 0.32's CPU LoRA logits layer computes prompt logprobs with the LoRA mapping of
+        # the sampled tokens: the shapes disagree and the engine dies (vLLM issue 29955). A
+        # client's request must not stop the server: refuse it instead (docs/platform-notes.md).
+        if self._lora_on_cpu and vllm_openai.asks_prompt_logprobs(kind, request):
+            raise ClientError("prompt logprobs (prompt_logprobs, or echo with logprobs) are not "
+                              "available on this server: vLLM's CPU build stops its engine "
+                              "when it computes them with --enable-lora")
         return vllm_openai.work(kind, request, limits)
 
     async def openai_respond(self, kind: str, request: Any, raw_request: Any) -> Response:

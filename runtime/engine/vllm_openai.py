@@ -116,6 +116,17 @@ def work(kind: str, request: Any, limits: Limits) -> Work:
     return Work()
 
 
+def asks_prompt_logprobs(kind: str, request: Any) -> bool:
+    """Whether vLLM will compute prompt logprobs for this request: ``prompt_logprobs``, or
+    ``echo`` with ``logprobs`` (completions) / ``top_logprobs`` (chat, default 0), as vLLM's
+    ``to_sampling_params`` decides."""
+    if getattr(request, "prompt_logprobs", None) is not None:
+        return True
+    if kind not in ("chat", "completion") or not getattr(request, "echo", False):
+        return False
+    return (request.logprobs if kind == "completion" else request.top_logprobs) is not None
+
+
 def model_of(request: Any) -> str | None:
     """The model a validated request names (None: the default)."""
     return getattr(request, "model", None) or None
