@@ -1,4 +1,5 @@
-"""Bad input on v2 REST and the generate extension: a clear 4xx, then the server still serves.
+"""Bad input on v2 REST, the generate extension and KServe v1 ``:predict``: a clear 4xx, then
+the server still serves.
 
 (OpenAI's bad inputs are in test_openai.py, gRPC's in test_grpc.py.)
 """
@@ -75,4 +76,40 @@ def test_generate_bad_input(http: httpx.Client, route: str, name: str, body, sta
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json")
     assert needle in r.json()["error"]
+    assert_still_serving(http)
+
+
+PREDICT_CASES = [
+    ("malformed json", b"{nope", 400, "malformed JSON"),
+    ("unknown model", {"instances": ["a"]}, 404, "does not exist"),
+    ("not an object", ["a"], 400, "JSON object"),
+    ("missing instances", {"parameters": {"max_tokens": 2}}, 400, "instances"),
+    ("empty instances", {"instances": []}, 400, "instances"),
+    ("instances not a list", {"instances": "a"}, 400, "instances"),
+    ("instance not a string", {"instances": [{"text": "a"}]}, 400, "strings"),
+    ("parameters not an object", {"instances": ["a"], "parameters": [1]}, 400, "parameters"),
+    ("wrong parameter type", {"instances": ["a"], "parameters": {"max_tokens": "many"}}, 400,
+     "max_tokens"),
+    ("unknown parameter", {"instances": ["a"], "parameters": {"max_token": 3}}, 400,
+     "max_token"),
+    ("negative max_tokens", {"instances": ["a"], "parameters": {"max_tokens": -1}}, 400,
+     "max_tokens"),
+    ("negative temperature", {"instances": ["a"], "parameters": {"temperature": -1}}, 400,
+     "temperature"),
+    ("prompt longer than context", {"instances": [LONG]}, 400, "context"),
+    ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+]
+
+
+@pytest.mark.parametrize("name,body,status,needle", PREDICT_CASES,
+                         ids=[c[0] for c in PREDICT_CASES])
+def test_v1_predict_bad_input(http: httpx.Client, name: str, body, status: int,
+                              needle: str) -> None:
+    model = "nope" if name == "unknown model" else MODEL
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = http.post(f"/v1/models/{model}:predict", headers={"content-type": "application/json"},
+                  **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert needle in r.json()["error"], r.text
     assert_still_serving(http)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
-from tests.support.server import REPO, free_port, runtime_command, start_runtime
+from tests.support.server import REPO, free_port, runtime_command
 
 pytestmark = pytest.mark.slow
 
@@ -57,29 +57,6 @@ def test_v2_requested_outputs_filter_the_answer(http: httpx.Client) -> None:
     assert only.status_code == 200, only.text
     assert [o["name"] for o in only.json()["outputs"]] == ["num_output_tokens"]
     assert only.json()["outputs"][0]["data"] == [8]
-
-
-def test_listener_flags_are_ignored_with_a_warning_and_log_requests_logs(model_dir: str) -> None:
-    """--host/--port are vLLM's listener flags: ignored (the ModelServer listens on
-    --http_port), with a warning; vLLM's --enable-log-requests turns its request logging on
-    (off by default: tests/runtime/test_documented.py checks no prompt is logged)."""
-    port = free_port()
-    server = start_runtime(model_dir=model_dir, name="listener-flags", extra=[
-        "--max-model-len=1024", "--host", "0.0.0.0", "--port", str(port),
-        "--enable-log-requests"])
-    try:
-        secret = "quokka-lighthouse-4411"
-        r = httpx.post(server.url + f"/v2/models/{MODEL}/generate", timeout=120, json={
-            "text_input": secret, "parameters": {"max_tokens": 2}})
-        assert r.status_code == 200, r.text
-        with pytest.raises(httpx.TransportError):
-            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5)
-        log = server.log()
-        assert "ignoring vLLM's --port" in log and "ignoring vLLM's --host" in log
-        # vLLM 0.32 logs each request's parameters at INFO (the prompt only at DEBUG).
-        assert "Received request" in log, "--enable-log-requests: vLLM logs the request"
-    finally:
-        server.stop()
 
 
 def test_operator_routes_without_a_key_refuse_to_start(model_dir: str) -> None:

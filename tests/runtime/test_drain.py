@@ -1,4 +1,5 @@
-"""Graceful drain: SIGTERM with 16 streamed requests (and non-streamed ones) in flight."""
+"""Graceful drain: SIGTERM with 16 streamed requests in flight, and a request on every other
+protocol (OpenAI, v2 REST infer, gRPC ModelInfer, ModelStreamInfer)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from tests.runtime.conftest import v2_body
 from tests.support.server import start_runtime
 
 pytestmark = pytest.mark.slow
@@ -45,6 +47,42 @@ def _openai(url: str, results: list, i: int) -> None:
         results[i] = exc
 
 
+def _v2_infer(url: str, results: list, i: int) -> None:
+    try:
+        results[i] = httpx.post(url + "/v2/models/smollm2/infer", timeout=120, json=v2_body(
+            ["Count with me: one, two,"], max_tokens=MAX_TOKENS, ignore_eos=True))
+    except Exception as exc:
+        results[i] = exc
+
+
+def _grpc(port: int, results: list, i: int) -> None:
+    from tests.runtime.test_grpc import grpc_infer
+
+    try:
+        results[i] = grpc_infer(port, ["Count with me: one, two,"],
+                                {"max_tokens": MAX_TOKENS, "ignore_eos": True})
+    except Exception as exc:
+        results[i] = exc
+
+
+def _triton_stream(port: int, results: list, i: int) -> None:
+    from tests.runtime.test_triton_stream import run_client
+
+    try:
+        results[i] = run_client(f"127.0.0.1:{port}", "stream", [{
+            "prompt": "Count with me: one, two,", "inputs": {"stream": True},
+            "parameters": {"max_tokens": MAX_TOKENS, "ignore_eos": True}}])
+    except Exception as exc:
+        results[i] = exc
+
+
+def _client_requests_in_flight(url: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith('kserve_llm_requests_in_flight{model="smollm2"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_sigterm_drains_in_flight_requests(model_dir: str) -> None:
     server = start_runtime(model_dir=model_dir, extra=["--max-model-len=1024",
                                                        "--drain_timeout=60"], name="drain")
@@ -57,13 +95,22 @@ def test_sigterm_drains_in_flight_requests(model_dir: str) -> None:
                    for i in range(STREAMS)]
         threads += [threading.Thread(target=_openai, args=(url, oai_results, i))
                     for i in range(2)]
+        others: list = [None] * 3  # v2 REST infer, gRPC ModelInfer, ModelStreamInfer
+        threads += [threading.Thread(target=_v2_infer, args=(url, others, 0)),
+                    threading.Thread(target=_grpc, args=(server.grpc_port, others, 1)),
+                    threading.Thread(target=_triton_stream, args=(server.grpc_port, others, 2))]
         for t in threads:
             t.start()
-        # Every stream has received text, and none has finished: all 16 are in flight.
+        # Every stream has received text, and every request is being served: all in flight.
         deadline = time.monotonic() + 120
         for ev in started:
             assert ev.wait(max(0.0, deadline - time.monotonic())), "a stream never started"
-        assert all(r is None for r in results), "a stream finished before SIGTERM"
+        expected = STREAMS + len(oai_results) + len(others)
+        while _client_requests_in_flight(url) < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _client_requests_in_flight(url) == expected, "not every request started"
+        assert all(r is None for r in results + oai_results + others), \
+            "a request finished before SIGTERM"
         os.kill(server.pid, signal.SIGTERM)
         t_term = time.monotonic()
         # Readiness turns false at once, and new requests are refused with 503 + Retry-After.
@@ -83,6 +130,14 @@ def test_sigterm_drains_in_flight_requests(model_dir: str) -> None:
         for r in oai_results:
             assert isinstance(r, httpx.Response) and r.status_code == 200, r
             assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
+        v2, grpc_answer, [pieces] = others
+        assert isinstance(v2, httpx.Response) and v2.status_code == 200, v2
+        assert v2.json()["parameters"]["completion_tokens"] == MAX_TOKENS
+        assert not isinstance(grpc_answer, Exception), grpc_answer
+        tokens = grpc_answer.parameters["completion_tokens"]  # an InferParameter message
+        assert getattr(tokens, "int64_param", tokens) == MAX_TOKENS
+        assert not any("error" in p for p in pieces), pieces
+        assert pieces[-1]["parameters"]["completion_tokens"] == MAX_TOKENS
         server.proc.wait(timeout=60)
         assert time.monotonic() - t_term < 60, "did not exit within the drain timeout"
     finally:

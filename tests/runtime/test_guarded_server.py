@@ -1,4 +1,7 @@
-"""API key, overload bound and request limits, on a server started with them configured."""
+"""API key, overload bound and request limits, on a server started with them configured.
+
+The same server also carries vLLM's listener flags and ``--enable-log-requests`` (ignored with a
+warning / vLLM's request logging on): one engine start fewer than a server of their own."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import pytest
 
 from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
-from tests.support.server import start_runtime
+from tests.support.server import free_port, start_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +36,51 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def guarded(model_dir: str, key_file: Path):
+    vllm_port = free_port()  # vLLM's own --port: must stay unused (the flag is ignored)
     server = start_runtime(model_dir=model_dir, name="guarded", extra=[
         "--max-model-len=1024", "--max-num-seqs=2", f"--api_key_file={key_file}",
         "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
         "--max_tokens_limit=800", "--max_stop_sequences=2",
-        f"--default_max_tokens={DEFAULT_MAX_TOKENS}", "--enable_operator_routes=true"])
+        f"--default_max_tokens={DEFAULT_MAX_TOKENS}", "--enable_operator_routes=true",
+        "--host", "0.0.0.0", "--port", str(vllm_port), "--enable-log-requests"])
+    server.vllm_port = vllm_port  # type: ignore[attr-defined]
     # readiness is exempt from the key, so the fixture's health poll worked without it
     try:
         yield server
     finally:
         server.stop()
+
+
+def test_listener_flags_are_ignored_with_a_warning_and_log_requests_logs(guarded) -> None:
+    """--host/--port are vLLM's listener flags: ignored (the ModelServer listens on
+    --http_port), with a warning; vLLM's --enable-log-requests turns its request logging on
+    (off by default: tests/runtime/test_documented.py checks no prompt is logged)."""
+    secret = "quokka-lighthouse-4411"
+    r = httpx.post(guarded.url + "/v2/models/smollm2/generate", timeout=120, headers=AUTH,
+                   json={"text_input": secret, "parameters": {"max_tokens": 2}})
+    assert r.status_code == 200, r.text
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{guarded.vllm_port}/v2/health/ready", timeout=5)
+    log = guarded.log()
+    assert "ignoring vLLM's --port" in log and "ignoring vLLM's --host" in log
+    # vLLM 0.32 logs each request's parameters at INFO (the prompt only at DEBUG).
+    assert "Received request" in log, "--enable-log-requests: vLLM logs the request"
+    assert secret not in log
+
+
+@pytest.mark.parametrize("prompts,params,flag", [
+    (["a", "b", "c"], {"max_tokens": 2}, "--max_batch_size"),
+    (["a"], {"max_tokens": 900}, "--max_tokens_limit"),
+    (["a"], {"max_tokens": 900.0}, "--max_tokens_limit"),  # sent as the string "900.0"
+])
+def test_grpc_limits_name_their_flag(guarded, prompts: list[str], params: dict,
+                                     flag: str) -> None:
+    """The limits hold on gRPC too: INVALID_ARGUMENT naming the flag."""
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_infer(guarded.grpc_port, prompts, params,
+                   metadata=[("authorization", f"Bearer {KEY}")])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert flag in err.value.details()
 
 
 def test_api_key_required_on_inference_routes(guarded) -> None:
@@ -248,36 +286,66 @@ def _while_full(url: str, check) -> object:
     pytest.fail(f"the engine was never full for a whole check: {rounds}")
 
 
+def _counted(url: str, series: str, needle: str = "") -> float:
+    """The sum of the ``series{...}`` samples whose line contains ``needle``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics").text
+               .splitlines() if line.startswith(series + "{") and needle in line)
+
+
 def test_overload_gets_429_with_retry_after(guarded) -> None:
+    """Full engine, no waiting room: 429 + Retry-After on HTTP, RESOURCE_EXHAUSTED with a
+    ``retry-after`` trailer on gRPC, an in-stream error on ModelStreamInfer (the stream stays
+    open), each counted once as ``rejected``; the two occupying streams show as client
+    requests in flight."""
+    from tests.runtime.test_triton_stream import run_client
+
     url = guarded.url
     grpc_infer(guarded.grpc_port, ["hi"], {"max_tokens": 1},  # imports the client now
                metadata=[("authorization", f"Bearer {KEY}")])
+    rejected = ("kserve_llm_requests_total", 'outcome="rejected"')
+    before = _counted(url, *rejected)
+    refusals = []  # every refusal seen, conclusive round or not: each is one count
 
     def post(path: str, body: dict):
-        return lambda: httpx.post(url + path, headers=AUTH, json=body, timeout=60)
+        def go() -> httpx.Response:
+            r = httpx.post(url + path, headers=AUTH, json=body, timeout=60)
+            refusals.extend([r.status_code] if r.status_code == 429 else [])
+            return r
+        return go
 
     r = _while_full(url, post("/v2/models/smollm2/generate",
                               {"text_input": "hi", "parameters": {"max_tokens": 2}}))
-    assert r.status_code == 429 and r.headers["retry-after"]
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
     assert "overloaded" in r.json()["error"]
     r = _while_full(url, post("/openai/v1/completions",
                               {"model": "smollm2", "prompt": "hi", "max_tokens": 2}))
-    assert r.status_code == 429 and r.headers["retry-after"]
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
     r = _while_full(url, post("/v2/models/smollm2/infer", v2_body(["hi"], max_tokens=2)))
-    assert r.status_code == 429 and r.headers["retry-after"]
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
 
     def grpc_check() -> grpc.RpcError | str:
         try:
             grpc_infer(guarded.grpc_port, ["hi"], {"max_tokens": 2},
                        metadata=[("authorization", f"Bearer {KEY}")])
         except grpc.RpcError as exc:
+            refusals.append(exc.code())
             return exc
         return "answered"
 
     err = _while_full(url, grpc_check)
     assert isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    metrics = httpx.get(url + "/metrics").text
-    rejected = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith("kserve_llm_requests_total") and 'outcome="rejected"' in line)
-    assert rejected >= 4
+    assert dict(err.trailing_metadata() or ()).get("retry-after") == "1"
+
+    def stream_check() -> list:
+        answers = run_client(f"127.0.0.1:{guarded.grpc_port}", "stream", [
+            {"prompt": "hi", "inputs": {"stream": True}, "parameters": {"max_tokens": 2}}],
+            headers=AUTH)
+        refusals.extend(a for [a] in answers if "error" in a)
+        return answers
+
+    [[answer]] = _while_full(url, stream_check)
+    assert "overloaded" in answer.get("error", ""), answer
+    in_flight = _while_full(url, lambda: _counted(url, "kserve_llm_requests_in_flight"))
+    assert in_flight == 2  # the two occupying streams (a /metrics read is not inference)
+    assert _counted(url, *rejected) - before == len(refusals) >= 5, refusals
     assert _in_flight(url) == 0

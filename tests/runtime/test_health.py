@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import grpc
 import httpx
 import psutil
 import pytest
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.slow
 LONG = {"max_tokens": 1000, "ignore_eos": True}
 
 
-def _in_flight_requests(url: str, results: dict) -> list[threading.Thread]:
-    """Long requests on each HTTP protocol, running when the engine dies."""
+def _in_flight_requests(url: str, grpc_port: int, results: dict) -> list[threading.Thread]:
+    """Long requests on each protocol, running when the engine dies."""
 
     def stream() -> None:
         events = results["generate_stream"] = []  # filled as events arrive
@@ -34,6 +35,14 @@ def _in_flight_requests(url: str, results: dict) -> list[threading.Thread]:
     def post(name: str, path: str, body: dict) -> None:
         results[name] = httpx.post(url + path, json=body, timeout=60)
 
+    def grpc_call() -> None:
+        from tests.runtime.test_grpc import grpc_infer
+
+        try:
+            results["grpc"] = grpc_infer(grpc_port, ["A story"], LONG, timeout=60)
+        except Exception as exc:  # the expected end: a gRPC error status
+            results["grpc"] = exc
+
     threads = [threading.Thread(target=stream),
                threading.Thread(target=post, args=("generate", "/v2/models/smollm2/generate",
                                                    {"text_input": "A story", "parameters": LONG})),
@@ -41,7 +50,8 @@ def _in_flight_requests(url: str, results: dict) -> list[threading.Thread]:
                    "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1],
                                "data": ["A story"]}], "parameters": LONG})),
                threading.Thread(target=post, args=("openai", "/openai/v1/completions", {
-                   "model": "smollm2", "prompt": "A story", **LONG}))]
+                   "model": "smollm2", "prompt": "A story", **LONG})),
+               threading.Thread(target=grpc_call)]
     for t in threads:
         t.start()
     return threads
@@ -59,20 +69,20 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
             engine = psutil.Process(server.pid).children(recursive=True)
         assert engine, "no engine process found"
         results: dict = {}
-        threads = _in_flight_requests(url, results)
-        # Kill only once all four run and the stream has sent output, so that the stream's
+        threads = _in_flight_requests(url, server.grpc_port, results)
+        # Kill only once all five run and the stream has sent output, so that the stream's
         # case is the mid-stream one (an error event after a 200).
         deadline = time.monotonic() + 60
         running = ""
         while time.monotonic() < deadline:
             running = httpx.get(url + "/metrics").text
-            if ('kserve_llm_engine_requests_in_flight{model="smollm2"} 4.0' in running
+            if ('kserve_llm_engine_requests_in_flight{model="smollm2"} 5.0' in running
                     and results.get("generate_stream")):
                 break
             time.sleep(0.1)
         else:
             lines = [x for x in running.splitlines() if "in_flight{" in x]
-            raise AssertionError(f"the four requests never ran together: {lines}, "
+            raise AssertionError(f"the five requests never ran together: {lines}, "
                                  f"{results}")
         for p in engine:
             os.kill(p.pid, signal.SIGKILL)
@@ -81,8 +91,12 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         while time.monotonic() - killed < 5 and (ready or live):
             ready = httpx.get(url + "/v2/health/ready").status_code == 200
             live = httpx.get(url + "/v2/health/live").status_code == 200
-            time.sleep(0.2)
+            time.sleep(0.05)
+        took = time.monotonic() - killed
         assert not ready and not live, "health still green 5 s after the engine died"
+        # README: within about a second (one --health_check_interval, default 1 s); the
+        # margin is for a loaded machine's polling, not for a second interval.
+        assert took < 1.9, f"health turned false {took:.2f} s after the engine died"
         assert httpx.get(url + "/v1/models/smollm2").status_code == 503
         r = httpx.post(url + "/v2/models/smollm2/generate", json={"text_input": "hi"})
         assert r.status_code == 503
@@ -94,5 +108,8 @@ def test_engine_death_turns_ready_and_live_false(model_dir: str) -> None:
         assert "error" in results["generate_stream"][-1], results["generate_stream"][-1:]
         for name in ("generate", "infer", "openai"):
             assert results[name].status_code >= 500, (name, results[name].text)
+        assert isinstance(results["grpc"], grpc.RpcError), results["grpc"]
+        assert results["grpc"].code() in (grpc.StatusCode.INTERNAL,
+                                          grpc.StatusCode.UNAVAILABLE), results["grpc"]
     finally:
         server.stop()

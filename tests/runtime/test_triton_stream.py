@@ -27,7 +27,7 @@ ALL_OUTPUTS = {"return_finish_reason": True, "return_cumulative_logprob": True,
                "return_num_input_tokens": True, "return_num_output_tokens": True}
 
 CLIENT = textwrap.dedent("""
-    import json, queue, sys
+    import json, os, queue, sys
     import numpy as np
 
     plan = json.loads(sys.argv[1])
@@ -69,19 +69,26 @@ CLIENT = textwrap.dedent("""
     def emit(obj):
         print(json.dumps(obj), flush=True)
 
+    def done():
+        # Not sys.exit: tritonclient's __del__ closes the gRPC channel at interpreter exit,
+        # which can block forever (seen once: Channel._close waiting after the last answer).
+        sys.stdout.flush()
+        os._exit(0)
+
     if mode in ("http", "infer"):
         client = t.InferenceServerClient(plan["url"])
         for req in plan["requests"]:
             try:
-                emit(as_dict(client.infer("smollm2", inputs(req),
+                emit(as_dict(client.infer("smollm2", inputs(req), headers=plan.get("headers"),
                                           parameters=req.get("parameters"))))
             except Exception as exc:
                 emit({"error": str(exc)})
-        sys.exit(0)
+        done()
 
     responses = queue.Queue()
     client = t.InferenceServerClient(plan["url"])
-    client.start_stream(lambda result, error: responses.put((result, error)))
+    client.start_stream(lambda result, error: responses.put((result, error)),
+                        headers=plan.get("headers"))
     for n, req in enumerate(plan["requests"]):
         client.async_stream_infer("smollm2", inputs(req), request_id=str(n),
                                   parameters=req.get("parameters"))
@@ -96,16 +103,19 @@ CLIENT = textwrap.dedent("""
                 emit({"started": True})
                 sys.stdin.readline()
                 client.stop_stream(cancel_requests=True)
-                sys.exit(0)
+                done()
             if got[-1]["parameters"].get("triton_final_response"):
                 break
         emit(got)
     client.stop_stream()
+    done()
 """)
 
 
-def run_client(url: str, mode: str, requests: list[dict[str, Any]]) -> list[Any]:
-    plan = json.dumps({"url": url, "mode": mode, "requests": requests})
+def run_client(url: str, mode: str, requests: list[dict[str, Any]],
+               headers: dict[str, str] | None = None) -> list[Any]:
+    """Run ``CLIENT`` on ``requests``; ``headers`` (e.g. the key) go with every call."""
+    plan = json.dumps({"url": url, "mode": mode, "requests": requests, "headers": headers})
     out = subprocess.run([sys.executable, "-c", CLIENT, plan], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

@@ -112,3 +112,50 @@ def test_replaced_certificate_files_take_effect_without_a_restart(
     assert served.server.proc is not None and served.server.proc.pid == pid
     assert served.server.proc.poll() is None and os.path.exists(served.cert)
     assert "Traceback" not in served.server.log()
+
+
+def test_v2_infer_and_the_runtimes_limits_on_the_same_port(served: Served) -> None:
+    r = served.client.post("/v2/models/smollm2/infer", json={
+        "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1],
+                    "data": [QUESTION]}],
+        "parameters": {"max_tokens": 16, "temperature": 0, "apply_chat_template": True}})
+    assert r.status_code == 200 and "Paris" in r.json()["outputs"][0]["data"][0], r.text
+    r = served.client.post("/v1/completions", json={"model": NAMES[0], "prompt": "hi", "n": 17})
+    assert r.status_code == 400 and "--max_n" in r.json()["error"]["message"], r.text
+
+
+def test_sigterm_drains_as_the_runtime_does(served: Served) -> None:
+    """Last in this module: it stops the module's server. SIGTERM: /health 503 at once, new
+    requests 503 + Retry-After, the stream in flight finishes, then the process exits."""
+    import signal
+    import threading
+
+    assert served.server.proc is not None
+    events: list[dict] = []
+    started = threading.Event()
+    # The certificate was rotated by the test above: TLS is not what this test is about.
+    client = httpx.Client(base_url=f"https://127.0.0.1:{served.port}", verify=False,
+                          timeout=120, headers={"authorization": f"Bearer {KEY}"})
+
+    def stream() -> None:
+        with client.stream("POST", "/v2/models/smollm2/generate_stream", json={
+                "text_input": "Tell me a story", "parameters": {
+                    "max_tokens": 64, "ignore_eos": True}}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    started.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert started.wait(120), "the stream never started"
+    served.server.proc.send_signal(signal.SIGTERM)
+    health = client.get("/health", timeout=10)
+    assert health.status_code == 503
+    late = client.post("/v1/completions", json={"model": NAMES[0], "prompt": "hi"})
+    assert late.status_code == 503 and late.headers.get("retry-after"), late.text
+    t.join(120)
+    assert events and events[-1]["usage"]["completion_tokens"] == 64, events[-1:]
+    assert not any("error" in e for e in events)
+    served.server.proc.wait(timeout=60)  # exits once nothing is in flight
+    client.close()
