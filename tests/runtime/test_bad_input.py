@@ -48,6 +48,18 @@ def test_v2_infer_bad_input(http: httpx.Client, name: str, body, status: int,
     assert_still_serving(http)
 
 
+def assert_refused_in_json(http: httpx.Client, path: str, body, status: int,
+                           needle: str) -> None:
+    """POST ``body`` (bytes as they are, else JSON): ``status`` with a JSON ``{"error": ...}``
+    holding ``needle``; then the server still answers a real question."""
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = http.post(path, headers={"content-type": "application/json"}, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert needle in r.json()["error"], r.text
+    assert_still_serving(http)
+
+
 GENERATE_CASES = [
     ("malformed json", b"{nope", 400, "malformed JSON"),
     ("unknown model", {"text_input": "a"}, 404, "does not exist"),
@@ -70,13 +82,7 @@ GENERATE_CASES = [
 def test_generate_bad_input(http: httpx.Client, route: str, name: str, body, status: int,
                             needle: str) -> None:
     model = "nope" if name == "unknown model" else MODEL
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = http.post(f"/v2/models/{model}/{route}", headers={"content-type": "application/json"},
-                  **kwargs)
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    assert needle in r.json()["error"]
-    assert_still_serving(http)
+    assert_refused_in_json(http, f"/v2/models/{model}/{route}", body, status, needle)
 
 
 PREDICT_CASES = [
@@ -106,10 +112,4 @@ PREDICT_CASES = [
 def test_v1_predict_bad_input(http: httpx.Client, name: str, body, status: int,
                               needle: str) -> None:
     model = "nope" if name == "unknown model" else MODEL
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = http.post(f"/v1/models/{model}:predict", headers={"content-type": "application/json"},
-                  **kwargs)
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    assert needle in r.json()["error"], r.text
-    assert_still_serving(http)
+    assert_refused_in_json(http, f"/v1/models/{model}:predict", body, status, needle)
