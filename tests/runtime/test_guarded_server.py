@@ -340,7 +340,7 @@ def test_overload_gets_429_with_retry_after(guarded) -> None:
         answers = run_client(f"127.0.0.1:{guarded.grpc_port}", "stream", [
             {"prompt": "hi", "inputs": {"stream": True}, "parameters": {"max_tokens": 2}}],
             headers=AUTH)
-        refusals.extend(a for [a] in answers if "error" in a)
+        refusals.extend(a for answer in answers for a in answer if "error" in a)
         return answers
 
     [[answer]] = _while_full(url, stream_check)
