@@ -1,4 +1,5 @@
-"""vLLM's engine client, measured: every engine request's tokens and timings, whoever sent it.
+"""vLLM's engine client: built without blocking the event loop, and measured (every engine
+request's tokens and timings, whoever sent it).
 
 Why its own module: the proxy is the one place the runtime's per-protocol, per-model token
 metrics are taken; it knows vLLM's ``RequestOutput`` and nothing of the protocols.
@@ -6,14 +7,50 @@ metrics are taken; it knows vLLM's ``RequestOutput`` and nothing of the protocol
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from argparse import Namespace
 from collections.abc import AsyncIterator
 from typing import Any
 
+from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.engine.protocol import EngineClient
+from vllm.entrypoints.launchers.cli_args import propagate_flash_late_interaction
 from vllm.sampling_params import RequestOutputKind
+from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.async_llm import AsyncLLM
 
 from runtime.admission import Admission
 from runtime.metrics import current_protocol, record_engine_request
+
+
+@contextlib.asynccontextmanager
+async def build_engine_client(args: Namespace) -> AsyncIterator[AsyncLLM]:
+    """vLLM's ``build_async_engine_client`` with the blocking part run in a worker thread.
+
+    Why not vLLM's own: it builds ``AsyncLLM`` on the event loop, and that constructor blocks
+    while the engine-core process starts and loads the model (a minute on CPU). Here the loop
+    keeps answering meanwhile: health probes and early requests get their 503 + Retry-After
+    instead of waiting in the kernel's accept queue. vLLM supports building ``AsyncLLM`` with
+    no running loop (its output and stats tasks start lazily); they are started here, back on
+    the loop, so an engine failure before the first request is still seen. The same steps as
+    vLLM's builder otherwise (arguments, config, ``reset_mm_cache``, ``shutdown``).
+    """
+    engine_args = AsyncEngineArgs.from_cli_args(args)
+    propagate_flash_late_interaction(args, engine_args)
+    usage = UsageContext.OPENAI_API_SERVER
+    config = await asyncio.to_thread(engine_args.create_engine_config, usage_context=usage)
+    llm: AsyncLLM = await asyncio.to_thread(
+        AsyncLLM.from_vllm_config, vllm_config=config, usage_context=usage,
+        enable_log_requests=engine_args.enable_log_requests,
+        aggregate_engine_logging=engine_args.aggregate_engine_logging,
+        disable_log_stats=engine_args.disable_log_stats)
+    try:
+        llm._run_output_handler()  # what the constructor does when a loop is running
+        await llm.reset_mm_cache()
+        yield llm
+    finally:
+        llm.shutdown(timeout=config.shutdown_timeout)
 
 
 class InstrumentedEngineClient:

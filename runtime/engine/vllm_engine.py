@@ -20,7 +20,6 @@ from typing import Any
 from starlette.responses import Response
 from vllm.engine.protocol import EngineClient
 from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
 from vllm.entrypoints.launchers.app import build_app
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
@@ -37,7 +36,7 @@ from runtime.engine.vllm_args import (  # noqa: F401 - engine_parser: re-exporte
     engine_parser,
     parse_engine_args,
 )
-from runtime.engine.vllm_client import InstrumentedEngineClient
+from runtime.engine.vllm_client import InstrumentedEngineClient, build_engine_client
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
 from runtime.limits import Limits, Work
 from runtime.settings import RuntimeSettings
@@ -109,7 +108,7 @@ class VLLMEngine(Engine):
         # vLLM loads this as a plugin in every process; installing it here too keeps the fix
         # in a forked engine process even where the plugin's metadata is shadowed.
         vllm_fixes.install()
-        raw = await self._stack.enter_async_context(build_async_engine_client(self.args))
+        raw = await self._stack.enter_async_context(build_engine_client(self.args))
         self.client = InstrumentedEngineClient(raw, self.model_name, self.admission)
         self.admission.capacity = int(raw.vllm_config.scheduler_config.max_num_seqs)
         tasks = await raw.get_supported_tasks()

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import routes
-from runtime.errors import ClientError, ServingError
+from runtime.errors import ClientError, EngineUnavailableError, ServingError
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ def render(exc: ServingError, protocol: str | None) -> tuple[int, dict[str, str]
 
 
 def log_error(exc: ServingError, where: str) -> None:
-    """One line for a client error; the traceback too for a server error."""
-    if exc.http_status >= 500:
+    """One line for a client error; the traceback too for a server error. A 503 is a warning:
+    loading, draining and a dead engine are states the lifecycle logs once, and every probe
+    or request refused meanwhile would otherwise be an ERROR line."""
+    if isinstance(exc, EngineUnavailableError):
+        logger.warning("%s -> %d: %s", where, exc.http_status, exc.message)
+    elif exc.http_status >= 500:
         logger.error("%s -> %d: %s", where, exc.http_status, exc.message,
                      exc_info=exc.__cause__ is not None)
     else:

@@ -5,6 +5,7 @@ count of every request with a bounded model label."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import httpx
@@ -80,12 +81,17 @@ def test_key_not_required_on_health_and_unprotected_metrics() -> None:
 
 @pytest.mark.parametrize("state,retry", [(State.LOADING, "5"), (State.DRAINING, "5"),
                                          (State.DEAD, "30")])
-def test_not_ready_is_503_with_retry_after(state: State, retry: str) -> None:
+def test_not_ready_is_503_with_retry_after(state: State, retry: str,
+                                          caplog: pytest.LogCaptureFixture) -> None:
     assembled = assemble(state=state)
+    caplog.set_level(logging.INFO, logger="runtime.protocol.http_errors")
     for path, body in INFERENCE:
         r = send(assembled, "POST", path, body)
         assert r.status_code == 503 and r.headers["retry-after"] == retry, path
     assert not assembled.engine.submitted
+    # a refusal in a state the lifecycle logs once: a WARNING line each, no ERROR, no traceback
+    refusals = [r for r in caplog.records if "-> 503" in r.getMessage()]
+    assert refusals and all(r.levelno == logging.WARNING and not r.exc_info for r in refusals)
 
 
 def test_limits_read_validated_values_on_every_protocol() -> None:
