@@ -49,9 +49,12 @@ lint: install
 	$(VENV)/bin/mypy
 
 # The fast tier: codecs, limits, routes, errors and the pipeline on a fake engine; no vLLM
-# engine is started (tests that start one are marked `slow`).
+# engine is started (tests that start one are marked `slow`). Its tests are independent, so
+# they run in UNIT_WORKERS processes (pytest-xdist); the slow tier stays serial (one engine
+# at a time: two busy engines on two cores measure nothing).
+UNIT_WORKERS ?= 2
 unit: install model
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(UNIT_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 test: install model lint unit
 	$(PY) -m pytest -v -rs --durations=25 -m slow $(PYTEST_ARGS)

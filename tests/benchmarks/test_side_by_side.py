@@ -25,7 +25,8 @@ def result(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [sys.executable, "-m", "benchmarks", "side-by-side", "--model-dir", model_dir,
            "--served-model-name", "smollm2", "--api", ",".join(APIS), "--concurrency", "1,4",
            "--num-prompts", str(PROMPTS), "--input-len", str(IN_TOKENS), "--output-len",
-           str(OUT_TOKENS), "--warmup", "2", "--seed", "1", "--out", str(out), "--no-progress",
+           str(OUT_TOKENS), "--warmup", "2", "--cooldown", "0.5", "--seed", "1", "--out",
+           str(out), "--no-progress",
            "--", "--dtype=float32", "--enforce-eager", "--max-model-len=2048"]
     proc = run_tool(cmd, timeout=720)  # 2 engine starts and 4 load points on 2 shared cores
     if proc.returncode != 0:

@@ -86,7 +86,7 @@ def test_sample_counts_descendants(soak: ModuleType) -> None:
             child.kill()
         proc.kill()
         proc.wait()
-    assert sample["rss_children_mib"] > 0
+    assert sample["rss_children_mib"] > 0, sample
     assert sample["rss_mib"] == pytest.approx(sample["rss_server_mib"]
-                                              + sample["rss_children_mib"], abs=0.2)
-    assert sample["fds"] > sample["fds_server"] >= 3
+                                              + sample["rss_children_mib"], abs=0.2), sample
+    assert sample["fds"] > sample["fds_server"] >= 3, sample
