@@ -162,6 +162,7 @@ def install_routes(app: Any, engine: Engine, pipeline: Pipeline, settings: Runti
 
     http_errors.install_error_handlers(app)
     app.add_middleware(gate.Gate, pipeline=pipeline, max_request_bytes=settings.max_request_bytes)
+    gate.outermost(app)
     app.include_router(openai.build_router(engine, pipeline))
     app.include_router(generate.build_router(engine, pipeline))
     app.include_router(v1.build_router(engine, pipeline))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,6 +42,37 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+class RequestIds:
+    """The outermost ASGI layer: the request's id (the client's ``x-request-id`` or a new one)
+    for everything that logs while it is served.
+
+    Why not in the Gate alone: KServe adds its timing middleware (the ``kserve.trace`` lines)
+    when its REST server starts, outside every middleware added before; a context variable set
+    inside does not reach it, and its lines showed ``-``. :func:`outermost` puts this layer
+    around the whole stack, whatever was added to it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-request-id")
+        token = request_id.set(new_request_id(given.decode("latin-1") if given else None))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_id.reset(token)
+
+
+def outermost(app: Any) -> None:
+    """Wrap ``app``'s middleware stack, built on its first request, in :class:`RequestIds`."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: RequestIds(build())
+
+
 class Gate:
     """ASGI middleware; see the module docstring."""
 
@@ -63,12 +95,7 @@ class Gate:
             scope = {**scope, "path": path, "raw_path": path.encode()}
         route = routes.classify(path, operator_routes=self.pipeline.operator_routes,
                                 vllm_serve=self.pipeline.vllm_serve)
-        given = _header(scope, b"x-request-id")
-        token = request_id.set(new_request_id(given.decode("latin-1") if given else None))
-        try:
-            await self._handle(scope, receive, send, route)
-        finally:
-            request_id.reset(token)
+        await self._handle(scope, receive, send, route)  # the id: set by RequestIds
 
     async def _send_error(self, send: Send, exc: ServingError, route: routes.Route,
                           where: str) -> None:

@@ -291,3 +291,27 @@ def test_stream_tensor_is_ignored_by_unary_infer() -> None:
     assert not isinstance(answer, aio.AioRpcError), answer
     assert answer.outputs[0].contents.bytes_contents == [b"c b a"]
     assert parts.engine.prepared_stream == [False, False, False]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/v2/models/smollm2/generate", {"text_input": "a b"}, 200),
+    ("/v2/models/smollm2/generate", {"text_input": 5}, 400),
+    ("/v2/models/nope/generate", {"text_input": "a"}, 404),
+    ("/openai/v1/chat/completions", {"model": "smollm2", "messages": "x"}, 400),
+    ("/v1/models/smollm2:predict", {"instances": ["a b"]}, 500),
+], ids=["success", "bad-json-type", "unknown-model", "openai-400", "server-fault"])
+def test_every_log_line_of_a_request_carries_its_id(path: str, body: Any, status: int,
+                                                    logged: pytest.LogCaptureFixture) -> None:
+    """README: every runtime log line shows the request id. Whatever a request logs, from
+    any logger (the runtime's, KServe's timing middleware), carries the id the client sent.
+    (The timing lines showed ``-`` until the id moved to the outermost ASGI layer.)"""
+    fault = RuntimeError("engine bug") if status == 500 else None
+    parts = assemble(engine=Probe(fault=fault))
+    logged.clear()
+    r = send(parts, "POST", path, body, {"x-request-id": "every-1"})
+    assert r.status_code == status, r.text
+    lines = [(rec.name, rec.request_id) for rec in logged.records  # type: ignore[attr-defined]
+             if not rec.name.startswith("httpx")]  # the test's own client logs the call
+    assert all(rid == "every-1" for _, rid in lines), lines
+    # KServe's timing lines (its middleware sits outside the runtime's gate) are among them
+    assert "kserve.trace" in {name for name, _ in lines}, lines

@@ -55,4 +55,5 @@ def assemble(*, engine: FakeEngine | None = None, state: State = State.READY,
     rest = RESTServer("unused:app", dataplane, extension, http_port=0)
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)
+    rest._add_middlewares(app)  # KServe's timing middleware (kserve.trace), outside the gate
     return Assembled(app, engine, pipeline, lifecycle, admission)
