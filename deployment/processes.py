@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
@@ -190,7 +191,8 @@ class ServerProcess(ChildProcess):
     ``start()`` launches it (environment ``engine_env()`` unless ``env`` is given, log in a
     temporary file unless ``log_path`` is given) and polls ``http://127.0.0.1:{port}`` +
     ``health_path`` every ``poll_interval`` s until it answers 200 (``ready_s`` is the time
-    that took), the process exits (RuntimeError) or ``startup_timeout`` passes (TimeoutError);
+    that took; ``statuses_before_ready`` counts the other statuses it answered meanwhile), the
+    process exits (RuntimeError) or ``startup_timeout`` passes (TimeoutError);
     on failure the log's tail goes to stderr and the process is stopped. ``stop()`` sends
     SIGTERM to its session (process group and any process that left it), then SIGKILL.
     ``grpc_port`` is carried for callers that gave the server one.
@@ -211,6 +213,7 @@ class ServerProcess(ChildProcess):
         self.grpc_port = grpc_port
         self.tls_ca = tls_ca  # HTTPS, verified against this certificate (None: plain HTTP)
         self.ready_s: float | None = None
+        self.statuses_before_ready: Counter[int] = Counter()
 
     @property
     def args(self) -> list[str]:
@@ -241,10 +244,12 @@ class ServerProcess(ChildProcess):
                                    f"start-up; log: {self.log_path}")
             try:
                 verify = str(self.tls_ca) if self.tls_ca else True
-                if httpx.get(self.url + self.health_path, timeout=2,
-                             verify=verify).status_code == 200:
+                status = httpx.get(self.url + self.health_path, timeout=2,
+                                   verify=verify).status_code
+                if status == 200:
                     self.ready_s = time.monotonic() - t0
                     return self.ready_s
+                self.statuses_before_ready[status] += 1
             except httpx.HTTPError:
                 pass
             time.sleep(self.poll_interval)

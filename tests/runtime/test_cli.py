@@ -34,10 +34,13 @@ def test_model_alias_conflict_and_missing_folder(tmp_path) -> None:
         cli.parse(["--model_dir", str(tmp_path / "missing")])
 
 
-def test_vllm_listener_flags_are_dropped(tmp_path) -> None:
+def test_vllm_listener_flags_are_dropped(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
     s = cli.parse(["--model_dir", str(tmp_path), "--port", "1234", "--host=0.0.0.0",
-                   "--dtype", "float32"])
+                   "--uds", "/tmp/vllm.sock", "--dtype", "float32"])
     assert s.engine_argv == ["--dtype", "float32"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for flag in ("--port", "--host", "--uds"):
+        assert any(f"ignoring vLLM's {flag}" in m for m in warned), (flag, warned)
 
 
 def test_workers_must_be_one(tmp_path) -> None:

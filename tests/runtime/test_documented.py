@@ -41,6 +41,7 @@ class Started:
                  loading: list[httpx.Response], cert: Path, key: Path) -> None:
         self.server, self.client, self.loading = server, client, loading
         self.cert, self.key = cert, key
+        self.unanswered = 0
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def tls_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 path, body = LOADING_PROBES[len(loading) % 2]
                 loading.append(client.post(path, json=body, headers=AUTH, timeout=3))
             except httpx.TransportError:
-                pass
+                started.unanswered += 1  # not listening yet, or a reply slower than 3 s
             time.sleep(0.5)
         else:
             pytest.fail("the HTTPS server never became ready")
@@ -98,6 +99,15 @@ def test_503_with_retry_after_while_the_engine_loads(tls_server: Started) -> Non
         else:
             assert "not ready" in body["error"]
     assert {r.request.url.path for r in refused} == {p for p, _ in LOADING_PROBES}
+    # ... and each counted once as `rejected` (the first test on this server: nothing else was
+    # refused; a request that timed out on the client side may have been counted too)
+    metrics = tls_server.client.get("/metrics", headers=AUTH)
+    assert metrics.status_code == 200
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.text.splitlines()
+                  if line.startswith("kserve_llm_requests_total{")
+                  and 'outcome="rejected"' in line)
+    assert len(refused) <= counted <= len(refused) + tls_server.unanswered, (
+        counted, len(refused), tls_server.unanswered)
 
 
 def test_https_alias_env_key_and_protected_metrics(tls_server: Started) -> None:
@@ -128,13 +138,17 @@ def test_request_ids_on_log_lines_and_no_prompts_logged(tls_server: Started) -> 
     r = client.post("/v2/models/smollm2/generate", headers={**AUTH, "x-request-id": "rid-4242"},
                     json={"text_input": SECRET_PROMPT, "parameters": {"max_tokens": 0}})
     assert r.status_code == 400 and r.headers["x-request-id"] == "rid-4242"
-    r = client.post("/v2/models/smollm2/generate", headers=AUTH,
+    r = client.post("/v2/models/smollm2/generate", headers={**AUTH, "x-request-id": "rid-4343"},
                     json={"text_input": SECRET_PROMPT, "parameters": {"max_tokens": 8}})
     assert r.status_code == 200
     output = r.json()["text_output"].strip()
     time.sleep(0.5)
     log = tls_server.server.log()
     assert "[rid-4242]" in log  # the client error's one line carries the request id
+    # KServe's timing lines of a served request carry it too (they showed "-" before)
+    timing = [line for line in log.splitlines() if "generate" in line and "kserve.trace" in line]
+    assert any("[rid-4343]" in line for line in timing), timing[-4:]
+    assert not any(" [-] " in line for line in timing), timing[-4:]
     assert "zebra-unicorn" not in log
     assert len(output) < 8 or output not in log
 

@@ -5,6 +5,7 @@ count of every request with a bounded model label."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -138,6 +139,52 @@ def test_oversized_body_is_413_in_the_protocol_shape() -> None:
     assert "--max_request_bytes" in r.json()["error"]["message"]
     r = send(assembled, "POST", "/v2/models/smollm2/generate", {"text_input": "x" * 2000})
     assert r.status_code == 413 and "--max_request_bytes" in r.json()["error"]
+
+
+def post_bytes(assembled: Assembled, path: str, body: bytes, *, chunked: bool) -> httpx.Response:
+    """POST exactly ``body``: with a Content-Length, or streamed without one (chunked)."""
+    async def pieces() -> Any:
+        for i in range(0, len(body), 4096):
+            yield body[i:i + 4096]
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=assembled.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post(path, content=pieces() if chunked else body,
+                                     headers={"content-type": "application/json"})
+
+    return asyncio.run(go())
+
+
+def padded(body: dict[str, Any], key: str, size: int) -> bytes:
+    """``body`` as JSON of exactly ``size`` bytes (``key``'s string value is padded)."""
+    raw = json.dumps({**body, key: ""}).encode()
+    return json.dumps({**body, key: "x" * (size - len(raw))}).encode()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("path,body,key", [
+    ("/v2/models/smollm2/generate", {"parameters": {"max_tokens": 1}}, "text_input"),
+    ("/v1/models/smollm2:predict", {"parameters": {"max_tokens": 1}}, "pad"),
+    ("/openai/v1/completions", {"model": "smollm2", "max_tokens": 1}, "prompt"),
+    ("/v2/repository/models/smollm2/load", {}, "pad"),
+], ids=["generate", "predict", "openai", "repository"])
+def test_max_request_bytes_is_the_exact_boundary(path: str, body: dict[str, Any], key: str,
+                                                 chunked: bool) -> None:
+    """A body of exactly --max_request_bytes passes the size check; one byte more is a 413 in
+    the route's shape, whether the size is announced (Content-Length) or not (chunked)."""
+    limit = 64 * 1024
+    assembled = assemble(max_request_bytes=limit)
+    at_limit = padded(body, key, limit)
+    if path.endswith(":predict"):
+        at_limit = padded({"instances": ["hi"], **body}, key, limit)
+    assert len(at_limit) == limit
+    r = post_bytes(assembled, path, at_limit, chunked=chunked)
+    assert r.status_code != 413, r.text
+    r = post_bytes(assembled, path, at_limit[:-1] + b" }", chunked=chunked)
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert "--max_request_bytes" in (error["message"] if isinstance(error, dict) else error)
 
 
 @pytest.mark.parametrize("path,body,needle", [

@@ -128,17 +128,27 @@ def test_penalties_break_a_repetition(http: httpx.Client, penalty: dict[str, flo
     assert penalised.count("1") < plain.count("1"), (plain, penalised)
 
 
-def test_min_p_one_keeps_only_the_most_likely_token(http: httpx.Client,
-                                                    answer: dict[str, Any]) -> None:
-    """temperature 1.0 samples; min_p 1.0 keeps only the tokens as likely as the best one, so
-    every seed gives the greedy answer (and without min_p the seeds differ)."""
+@pytest.fixture(scope="module")
+def sampled_answers(http: httpx.Client) -> set[str]:
+    """The capital answer at temperature 1.0 for four seeds: they differ (it samples)."""
     free = {generate(http, QUESTION, apply_chat_template=True, max_tokens=48, temperature=1.0,
                      seed=seed)["text_output"] for seed in range(4)}
     assert len(free) > 1, free
+    return free
+
+
+@pytest.mark.parametrize("narrow", [{"min_p": 1.0}, {"top_p": 0.001}, {"top_k": 1}],
+                         ids=["min_p=1", "top_p=0.001", "top_k=1"])
+def test_narrow_sampling_keeps_only_the_most_likely_token(
+        http: httpx.Client, answer: dict[str, Any], sampled_answers: set[str],
+        narrow: dict[str, float]) -> None:
+    """temperature 1.0 samples (``sampled_answers``: the seeds differ); min_p 1.0, a tiny
+    top_p or top_k 1 each keep only the most likely token, so every seed gives the greedy
+    answer."""
     for seed in range(3):
         out = generate(http, QUESTION, apply_chat_template=True, max_tokens=48,
-                       temperature=1.0, min_p=1.0, seed=seed)
-        assert out["text_output"] == answer["text_output"], out
+                       temperature=1.0, seed=seed, **narrow)
+        assert out["text_output"] == answer["text_output"], (narrow, out)
 
 
 def test_default_temperature_samples_on_v2(http: httpx.Client) -> None:

@@ -64,10 +64,13 @@ def test_distinct_bounded_repetitions_are_bounded() -> None:
         structured.decode({"json": too_many})
     with pytest.raises(ClientError, match="bounded repetitions"):
         structured.decode({"regex": "".join(f"a{{{i}}}" for i in range(2, 12))})
+    # the documented numbers themselves (README: 64 KiB, 1024 choices), at their boundaries
+    structured.decode({"regex": "a" * 64 * 1024})
     with pytest.raises(ClientError, match="too large"):
-        structured.decode({"regex": "a" * (structured.MAX_SPEC_CHARS + 1)})
+        structured.decode({"regex": "a" * (64 * 1024 + 1)})
+    structured.decode({"choice": [str(i) for i in range(1024)]})
     with pytest.raises(ClientError, match="at most"):
-        structured.decode({"choice": [str(i) for i in range(structured.MAX_CHOICES + 1)]})
+        structured.decode({"choice": [str(i) for i in range(1025)]})
 
 
 # ---- forced tool calls ----

@@ -202,15 +202,18 @@ def test_exclude_input_in_output_false_returns_prompt_and_answer(predictor, http
 
 def test_bad_request_on_an_open_stream_leaves_it_usable(predictor, http) -> None:
     ref = openai_reference(http)
-    bad, conflict, good = run_client(grpc_url(predictor), "stream", [
+    bad, conflict, unknown, good = run_client(grpc_url(predictor), "stream", [
         {"prompt": PROMPT, "inputs": {"stream": True,
                                       "sampling_parameters": {"max_tokens": -1}}},
         {"prompt": PROMPT, "inputs": {"sampling_parameters": {"temperature": 0.5}},
          "parameters": {"temperature": 0.0}},
+        {"prompt": PROMPT, "inputs": {"stream": True,
+                                      "sampling_parameters": {"tempurature": "0"}}},
         {"prompt": PROMPT, "inputs": {"stream": True, "sampling_parameters": SAMPLING}},
     ])
     assert len(bad) == 1 and "max_tokens" in bad[0]["error"]
     assert len(conflict) == 1 and "temperature" in conflict[0]["error"]
+    assert len(unknown) == 1 and "unknown parameter(s) tempurature" in unknown[0]["error"]
     assert "".join(r["outputs"]["text_output"][0] for r in good) == ref["text"]
 
 

@@ -63,6 +63,21 @@ def test_stop_and_max_tokens_mean_the_same(http: httpx.Client) -> None:
     assert default.json()["outputs"][0]["data"][0] == oai.json()["choices"][0]["text"]
 
 
+def test_chat_template_max_tokens_defaults_to_the_context(http: httpx.Client) -> None:
+    """With ``apply_chat_template`` and no max_tokens, the answer may run past 16 tokens (the
+    chat default is "up to the context", as on OpenAI chat), and it is OpenAI chat's answer."""
+    question = "List the numbers from 1 to 30, separated by commas."
+    r = http.post(f"/v2/models/{MODEL}/generate", json={
+        "text_input": question, "parameters": {"temperature": 0, "apply_chat_template": True}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] > 16 and "20" in body["text_output"], body
+    chat = http.post("/openai/v1/chat/completions", json={
+        "model": MODEL, "temperature": 0, "messages": [{"role": "user", "content": question}]})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["choices"][0]["message"]["content"] == body["text_output"]
+
+
 def test_metadata_describes_tensors_and_parameters(http: httpx.Client) -> None:
     meta = http.get(f"/v2/models/{MODEL}").json()
     assert meta["inputs"][0] == {"name": "text_input", "datatype": "BYTES", "shape": [-1]}

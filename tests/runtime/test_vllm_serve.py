@@ -57,6 +57,10 @@ def served(model_dir: str, lora_adapters: dict[str, Path],
 
 
 def test_health_and_models_as_vllm_serve(served: Served) -> None:
+    # While the engine loaded, /health answered 503 (the fixture polled it twice a second):
+    # the server answers through the start-up rather than leaving probes unanswered.
+    statuses = served.server.statuses_before_ready
+    assert set(statuses) == {503} and statuses[503] >= 3, statuses
     r = httpx.get(f"https://127.0.0.1:{served.port}/health", verify=str(served.cert))
     assert r.status_code == 200 and r.content == b"", "/health needs no key, answers empty"
     with pytest.raises(httpx.TransportError):
