@@ -24,6 +24,7 @@ import openai
 import pytest
 
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
+from tests.runtime.test_generate import stream_events
 from tests.support.lora import peft_greedy
 from tests.support.server import ServerProcess, start_runtime
 
@@ -159,6 +160,14 @@ def grpc_infer(model: str) -> dict[str, Any]:
             "parameters": {"max_tokens": TOKENS, "temperature": 0}}
 
 
+def generate_stream_text(http: httpx.Client, model: str) -> str:
+    """The text of ``generate_stream``'s events, joined; every event names ``model``."""
+    events = stream_events(http, {"text_input": PROMPT, "parameters": {
+        "max_tokens": TOKENS, "temperature": 0}}, model)
+    assert events and all(e["model_name"] == model for e in events), events
+    return "".join(e["text_output"] for e in events)
+
+
 def assert_served_as(server: ServerProcess, http: httpx.Client, model: str,
                      expected: list[int], tokenizer: Any) -> None:
     """OpenAI (token ids), v2 REST, generate, KServe v1 and gRPC (unary and streamed) all
@@ -167,6 +176,7 @@ def assert_served_as(server: ServerProcess, http: httpx.Client, model: str,
     assert openai_ids(server, model) == expected, f"OpenAI, model {model}"
     assert v2_text(http, model) == text, f"v2 REST, model {model}"
     assert generate_text(http, model) == text, f"generate, model {model}"
+    assert generate_stream_text(http, model) == text, f"generate_stream, model {model}"
     r = http.post(f"/v1/models/{model}:predict", json={
         "instances": [PROMPT], "parameters": {"max_tokens": TOKENS, "temperature": 0}})
     assert r.status_code == 200 and r.json()["predictions"] == [text], f"v1, model {model}"

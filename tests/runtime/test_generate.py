@@ -12,9 +12,10 @@ from tests.runtime.conftest import MODEL, QUESTION
 pytestmark = pytest.mark.slow
 
 
-def stream_events(http: httpx.Client, body: dict) -> list[dict]:
+def stream_events(http: httpx.Client, body: dict, model: str = MODEL) -> list[dict]:
+    """The JSON events of a ``generate_stream`` answer (SSE), after checking its status."""
     events = []
-    with http.stream("POST", f"/v2/models/{MODEL}/generate_stream", json=body) as r:
+    with http.stream("POST", f"/v2/models/{model}/generate_stream", json=body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():

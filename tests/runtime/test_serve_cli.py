@@ -33,6 +33,17 @@ def test_the_template_command_becomes_the_runtimes_settings(tmp_path: Path) -> N
                              "--max-loras=2", "--lora-modules", TEMPLATE[-1]]
 
 
+def test_host_and_access_log_switches_are_accepted_without_effect(tmp_path: Path) -> None:
+    """vllm serve's --host (both spellings) and its access-log switches are accepted and
+    change nothing: the same settings as without them, nothing left for the engine."""
+    plain = serve_cli.parse([str(tmp_path), "--port", "8001"])
+    for extra in (["--host", "127.0.0.1"], ["--host=::"], ["--disable-uvicorn-access-log"],
+                  ["--disable-access-log-for-endpoints", "/health"]):
+        s = serve_cli.parse([str(tmp_path), "--port", "8001", *extra])
+        assert s == plain, extra
+        assert s.engine_argv == [], extra
+
+
 def test_vllm_serve_defaults(tmp_path: Path) -> None:
     s = serve_cli.parse([str(tmp_path), "--api-key", "k"])
     assert (s.model_name, s.http_port, s.enable_ssl_refresh) == (str(tmp_path), 8000, False)

@@ -141,25 +141,33 @@ def test_stream_needs_the_key() -> None:
 
 def test_requests_on_one_stream_run_concurrently() -> None:
     """Both requests are written before any answer is read; each answer is told apart by
-    its id, and the second (shorter) one may finish first."""
+    its id, and the second (2 tokens) finishes while the first (12 tokens, 0.05 s each) is
+    still streaming: served one after the other, every piece of the first would come first."""
     from tests.support.fake_engine import FakeEngine
 
-    async def go() -> dict[str, str]:
+    long, short = " ".join("abcdefghijkl"), "x y"
+
+    async def go() -> tuple[dict[str, str], list[str]]:
         server, port = await _serve(assemble(engine=FakeEngine(delay=0.05)))
         texts: dict[str, str] = {}
+        order: list[str] = []
         try:
             async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = channel.stream_stream(
                     METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
                     response_deserializer=_stream_response_class().FromString)()
-                await call.write(infer_request("a b c d e f"))
-                await call.write(infer_request("x y"))
+                await call.write(infer_request(long))
+                await call.write(infer_request(short))
                 await call.done_writing()
                 async for message in call:
                     inner = pb.ModelInferResponse.FromString(message.infer_response)
                     texts[inner.id] = texts.get(inner.id, "") + _text(inner)
+                    order.append(inner.id)
         finally:
             await server.stop(None)
-        return texts
+        return texts, order
 
-    assert asyncio.run(go()) == {"a b c d e f": "f e d c b a ", "x y": "y x "}
+    texts, order = asyncio.run(go())
+    assert texts == {long: " ".join(reversed(long.split())) + " ", short: "y x "}
+    last_short = len(order) - 1 - order[::-1].index(short)
+    assert long in order[last_short + 1:], order  # the long answer was still going

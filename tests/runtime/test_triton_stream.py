@@ -39,7 +39,8 @@ CLIENT = textwrap.dedent("""
 
     def inputs(req):
         out = []
-        for name, value in [("text_input", req["prompt"]), *req.get("inputs", {}).items()]:
+        prompt = [("text_input", req["prompt"])] if req.get("prompt") is not None else []
+        for name, value in [*prompt, *req.get("inputs", {}).items()]:
             if isinstance(value, bool):
                 i = t.InferInput(name, [1], "BOOL")
                 i.set_data_from_numpy(np.array([value], dtype=bool))
@@ -90,7 +91,7 @@ CLIENT = textwrap.dedent("""
     client.start_stream(lambda result, error: responses.put((result, error)),
                         headers=plan.get("headers"))
     for n, req in enumerate(plan["requests"]):
-        client.async_stream_infer("smollm2", inputs(req), request_id=str(n),
+        client.async_stream_infer(req.get("model", "smollm2"), inputs(req), request_id=str(n),
                                   parameters=req.get("parameters"))
         got = []
         while True:
@@ -214,6 +215,36 @@ def test_bad_request_on_an_open_stream_leaves_it_usable(predictor, http) -> None
     assert len(bad) == 1 and "max_tokens" in bad[0]["error"]
     assert len(conflict) == 1 and "temperature" in conflict[0]["error"]
     assert len(unknown) == 1 and "unknown parameter(s) tempurature" in unknown[0]["error"]
+    assert "".join(r["outputs"]["text_output"][0] for r in good) == ref["text"]
+
+
+LONG = "hello " * 3000  # longer than the session predictor's 2048-token context
+STREAM_BAD_CASES = [  # the v2 REST bad-input list (test_bad_input.py), as a stream sends it
+    ("unknown model", {"prompt": PROMPT, "model": "nope"}, "nope"),
+    ("missing text_input", {"prompt": None, "inputs": {"stream": True}}, "text_input"),
+    ("wrong parameter type", {"prompt": PROMPT, "parameters": {"max_tokens": "many"}},
+     "max_tokens"),
+    ("unknown parameter", {"prompt": PROMPT, "parameters": {"max_token": 3}}, "max_token"),
+    ("negative max_tokens", {"prompt": PROMPT, "inputs": {
+        "sampling_parameters": {"max_tokens": -1}}}, "max_tokens"),
+    ("negative temperature", {"prompt": PROMPT, "parameters": {"temperature": -0.5}},
+     "temperature"),
+    ("prompt longer than context", {"prompt": LONG}, "context"),
+    ("not a JSON object", {"prompt": PROMPT, "inputs": {"sampling_parameters": "[1]"}},
+     "JSON object"),
+]
+
+
+def test_the_bad_input_list_on_one_stream(predictor, http) -> None:
+    """Each bad request gets one in-stream error naming what is wrong; the stream stays open
+    and the next good request on it is answered as OpenAI answers it."""
+    ref = openai_reference(http)
+    answers = run_client(grpc_url(predictor), "stream", [
+        *(case for _, case, _ in STREAM_BAD_CASES),
+        {"prompt": PROMPT, "inputs": {"stream": True, "sampling_parameters": SAMPLING}}])
+    *bad, good = answers
+    for (name, _, needle), answer in zip(STREAM_BAD_CASES, bad, strict=True):
+        assert len(answer) == 1 and needle in answer[0].get("error", ""), (name, answer)
     assert "".join(r["outputs"]["text_output"][0] for r in good) == ref["text"]
 
 
