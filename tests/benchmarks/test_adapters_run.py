@@ -3,7 +3,8 @@ a tiny load against the base model and spread over the adapters, then the report
 
 Not a measurement (a few short requests on a shared machine): it shows the command starts the
 server with every adapter, that every adapter really answered its share of the requests on
-each API, that the adapters change the answer, and that the ratio is the throughputs' ratio.
+each API (the benchmark client's HTTP, SSE and gRPC paths against the real runtime), that the
+adapters change the answer, and that the ratio is the throughputs' ratio.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from tests.support.server import run_tool
 
 pytestmark = pytest.mark.slow  # starts the runtime with LoRA enabled
-APIS = ("openai-completions", "v2-generate-stream")
+APIS = ("openai-completions", "v2-generate-stream", "v2-generate", "v2-infer", "v2-grpc")
 PROMPTS = 8
 
 
@@ -54,6 +55,9 @@ def test_server_loads_every_adapter_and_they_change_the_answer(result: Path) -> 
 def test_each_adapter_answers_its_share_on_every_api(result: Path) -> None:
     rows = [json.loads(line) for line in (result / "requests.jsonl").read_text().splitlines()]
     assert rows and all(r["success"] for r in rows)
+    # every API, streamed or not, HTTP or gRPC, counted the server's tokens: 8 each
+    assert {(r["api"], r["output_tokens"], r["token_source"]) for r in rows} == {
+        (api, 8, "usage") for api in APIS}
     for api in APIS:
         spread = [r["model"] for r in rows if r["api"] == api and r["target"] == "adapters"]
         assert sorted(spread) == sorted(["attn-a", "attn-c", "mlp-b", "mlp-d"] * 2), api

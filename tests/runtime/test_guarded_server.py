@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 
+from runtime.routes import OPERATOR_PATHS
 from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
 from tests.support.server import free_port, start_runtime
@@ -213,6 +214,21 @@ def test_operator_routes_only_with_the_key(guarded) -> None:
     assert r.json() == {"is_scaling_elastic_ep": False}
     r = httpx.post(guarded.url + "/openai/invocations", headers=AUTH, timeout=30, json={})
     assert r.status_code == 404  # not an operator route: still outside the allowlist
+
+
+@pytest.mark.parametrize("path", sorted(OPERATOR_PATHS))
+def test_every_operator_route_needs_the_key(guarded, path: str) -> None:
+    """Every operator path (LoRA load/unload, sleep/wake, profiling, prefix-cache reset,
+    elastic EP) is refused without the key; with it, vLLM's app answers (404 where vLLM's
+    own env switch, VLLM_SERVER_DEV_MODE or VLLM_ALLOW_RUNTIME_LORA_UPDATING, is off, as
+    here; 400 for an empty scaling request), never a 5xx, and the server keeps serving."""
+    r = httpx.post(guarded.url + "/openai" + path, json={}, timeout=30)
+    assert r.status_code == 401, r.text
+    r = httpx.post(guarded.url + "/openai" + path, json={}, headers=AUTH, timeout=30)
+    assert r.status_code != 401 and r.status_code < 500, (path, r.status_code, r.text)
+    r = httpx.post(guarded.url + "/v2/models/smollm2/generate", headers=AUTH, timeout=60,
+                   json={"text_input": "hi", "parameters": {"max_tokens": 1}})
+    assert r.status_code == 200, r.text
 
 
 def test_key_file_rotation_takes_effect_without_restart(guarded, key_file: Path) -> None:
