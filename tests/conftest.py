@@ -6,6 +6,7 @@ Tiers, switches and how to run against a server you already run: tests/README.md
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +66,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "predictor" in getattr(item, "fixturenames", ()) and \
                 item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+
+
+# What the fast tier must never start: an engine (the runtime, plain vLLM, Ray), or the
+# explainer that needs one. Stand-ins (Python's http.server, `sleep`) are fine.
+REAL_SERVERS = ("runtime", "vllm.entrypoints", "explainers")
+
+
+def _real_server(argv: list[str]) -> str | None:
+    """The module of ``python -m MODULE`` (or ``ray``) if it is one of the real servers."""
+    if argv and os.path.basename(argv[0]) in ("ray", "vllm"):
+        return os.path.basename(argv[0])
+    for flag, module in itertools.pairwise(argv):
+        if flag == "-m" and module.startswith(REAL_SERVERS):
+            return module
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_engine(request: pytest.FixtureRequest,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a test not marked ``slow``, starting a real server is an error, not a slow pass:
+    the fast tier's promise (no engine, no predictor, no explainer) is enforced here, where
+    every server process starts (``deployment.processes.ChildProcess.start``)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    from deployment.processes import ChildProcess
+
+    start = ChildProcess.start
+
+    def guarded(self: ChildProcess) -> object:
+        module = _real_server(self.argv)
+        if module is not None:
+            pytest.fail(f"a fast-tier test started {module}: mark it slow (tests/README.md)")
+        return start(self)
+
+    monkeypatch.setattr(ChildProcess, "start", guarded)
+
