@@ -20,6 +20,7 @@ import pytest
 
 from deployment.processes import ChildProcess
 from tests.runtime.conftest import QUESTION
+from tests.support.metrics import metric_sum
 from tests.support.server import ServerProcess, engine_env, free_port, runtime_command
 from tests.support.tls import rotate_and_wait, self_signed
 
@@ -103,9 +104,7 @@ def test_503_with_retry_after_while_the_engine_loads(tls_server: Started) -> Non
     # refused; a request that timed out on the client side may have been counted too)
     metrics = tls_server.client.get("/metrics", headers=AUTH)
     assert metrics.status_code == 200
-    counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.text.splitlines()
-                  if line.startswith("kserve_llm_requests_total{")
-                  and 'outcome="rejected"' in line)
+    counted = metric_sum(metrics.text, "kserve_llm_requests_total", 'outcome="rejected"')
     assert len(refused) <= counted <= len(refused) + tls_server.unanswered, (
         counted, len(refused), tls_server.unanswered)
 

@@ -16,6 +16,7 @@ import pytest
 from runtime.routes import OPERATOR_PATHS
 from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
+from tests.support.metrics import metric_sum
 from tests.support.server import free_port, start_runtime
 
 pytestmark = pytest.mark.slow
@@ -304,8 +305,7 @@ def _while_full(url: str, check) -> object:
 
 def _counted(url: str, series: str, needle: str = "") -> float:
     """The sum of the ``series{...}`` samples whose line contains ``needle``."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics").text
-               .splitlines() if line.startswith(series + "{") and needle in line)
+    return metric_sum(httpx.get(url + "/metrics").text, series, needle)
 
 
 def test_overload_gets_429_with_retry_after(guarded) -> None:
