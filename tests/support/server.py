@@ -39,7 +39,7 @@ class ServerProcess(processes.ServerProcess):
 
     def __init__(self, args: Sequence[str], *, port: int,
                  health_path: str = "/v2/health/ready", env: dict[str, str] | None = None,
-                 startup_timeout: float = 600.0, name: str = "server",
+                 startup_timeout: float = 300.0, name: str = "server",
                  cwd: Path | None = None, grpc_port: int | None = None,
                  tls_ca: Path | str | None = None) -> None:
         super().__init__(args, port=port, health_path=health_path, env=env,
