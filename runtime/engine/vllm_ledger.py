@@ -7,7 +7,7 @@ ends in vLLM's engine-core process, which loads the ``vllm.general_plugins`` ent
 a start before it costs a minute of CPU.
 
 - ``KSERVE_LLM_ENGINE_LEDGER=PATH``: the engine core appends one line to ``PATH``: time, its
-  pid, and its launcher's pid and command line. The test suite prints the count at its end.
+  pid, and its launcher's pid and command line (keys redacted). The test suite prints the count at its end.
 - ``KSERVE_LLM_NO_ENGINE=1``: the engine core raises instead of starting, so the process that
   asked for it fails at once and says why (the fast test tier runs with it set).
 """
@@ -32,11 +32,15 @@ def _is_engine_core() -> bool:
 
 
 def _launcher() -> str:
+    """The launcher's command line, keys redacted (it may carry ``--api_key``)."""
+    from runtime.auth import redact_argv
+
     try:
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            argv = f.read().decode(errors="replace").split("\0")
     except OSError:
         return "?"
+    return " ".join(redact_argv([a for a in argv if a]))
 
 
 def record() -> None:

@@ -63,15 +63,17 @@ def test_a_forbidden_engine_core_is_recorded_then_refused(monkeypatch: pytest.Mo
 def test_the_runtime_started_by_plain_subprocess_is_refused(tmp_path: Path) -> None:
     """The fast tier's net for routes other than ``ChildProcess`` (``subprocess``, ``bash -c``
     templates): the real runtime, launched with ``subprocess``, exits without building an
-    engine, and the refusal is in the ledger with its launcher's command line."""
+    engine, and the refusal is in the ledger with its launcher's command line, key redacted."""
     ledger = tmp_path / "ledger"
     t0 = time.monotonic()
     done = subprocess.run(
-        runtime_command(http_port=free_port(), grpc_port=free_port()), cwd=REPO,
+        runtime_command(http_port=free_port(), grpc_port=free_port(),
+                        extra=["--api_key", "ledger-key-123"]), cwd=REPO,
         env=engine_env({vllm_ledger.FORBID_ENV: "1", vllm_ledger.LEDGER_ENV: str(ledger)}),
         capture_output=True, text=True, timeout=240)
     assert done.returncode != 0, done.stdout[-2000:]
     assert time.monotonic() - t0 < 240
     [line] = ledger.read_text().splitlines()
     assert "REFUSED" in line and "-m runtime" in line, line
+    assert "ledger-key-123" not in line and "--api_key" in line, line
     assert vllm_ledger.FORBID_ENV in done.stdout + done.stderr
