@@ -1,19 +1,37 @@
-"""Session-wide fixtures: one real predictor process shared by every test that needs one.
+"""Session-wide fixtures: the real servers that many tests share, and the suite's guards.
 
-Tests that must kill or restart a server start their own with ``tests.support.server``.
-Tiers, switches and how to run against a server you already run: tests/README.md.
+Shared servers (one engine start each, for the whole session): ``predictor`` (the default
+runtime), ``guarded_server`` (keys, limits, overload), ``lora_server`` (LoRA adapters, a key).
+A test that destroys one (kills its engine, signals it) is marked
+``@pytest.mark.destroys("<fixture>")`` and runs right after the last other test that uses that
+server; a server is stopped after its last user, so few engines are alive at once. Tests that
+need a server configured like no other start their own with ``tests.support.server``.
+
+Guards: every vLLM engine started during the session, by any route, is written to a ledger
+(``runtime/engine/vllm_ledger.py``) and counted at the end; the fast tier runs with engines
+forbidden, and a fast-tier test that tries to start one fails. Tiers and switches:
+tests/README.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from runtime.engine.vllm_ledger import FORBID_ENV, LEDGER_ENV
 from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
+
+GUARDED_KEY = "s3cret-key"  # the guarded server's key (from a file: ``guarded_key_file``)
+LORA_KEY = "adapter-test-key"  # the LoRA server's key
+# Fixtures that start a shared server; tests that use one are reordered and marked below.
+SHARED_SERVERS = ("predictor", "guarded_server", "lora_server")
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +47,8 @@ def model_dir() -> str:
 def predictor(model_dir: str) -> Iterator[ServerProcess]:
     """The real ``python -m runtime`` with SmolLM2, started once per test session.
 
-    ``predictor.url`` is its HTTP base URL, ``predictor.grpc_port`` its gRPC port.
+    ``predictor.url`` is its HTTP base URL, ``predictor.grpc_port`` its gRPC port. Its last
+    test (``test_drain.py``) drains it with SIGTERM.
     """
     external = os.environ.get("TEST_PREDICTOR_URL")  # developer shortcut: reuse a running server
     if external:
@@ -40,9 +59,10 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
     # A 2048-token context (a vLLM engine argument, passed through) keeps the KV cache small
     # and makes "prompt longer than the context" cheap to test. Tool calling as documented for
     # SmolLM2 (README, "Structured outputs and tool calls"): hermes, its ChatML tool-call format.
+    # The drain timeout is long enough for the drain test's requests on a loaded machine.
     server = start_runtime(model_dir=model_dir, extra=[
-        "--max-model-len=2048", "--enable-auto-tool-choice", "--tool-call-parser=hermes"],
-        name="predictor")
+        "--max-model-len=2048", "--enable-auto-tool-choice", "--tool-call-parser=hermes",
+        "--drain_timeout=120"], name="predictor")
     try:
         yield server
     finally:
@@ -50,22 +70,206 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
+def guarded_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The guarded server's key as a mounted Secret holds it: a file (rotated by one test,
+    then restored)."""
+    path = tmp_path_factory.mktemp("secret") / "api-key"
+    path.write_text(GUARDED_KEY + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def guarded_server(model_dir: str, guarded_key_file: Path) -> Iterator[ServerProcess]:
+    """The runtime with a key (``GUARDED_KEY``, from a file), a two-sequence engine and no
+    waiting room (``--max_waiting_requests=0``), small request limits, operator routes on,
+    and vLLM's listener flags and request logging (ignored with a warning / logging on).
+
+    ``server.vllm_port`` is the port given to vLLM's ``--port`` (must stay unused). Users:
+    ``runtime/test_guarded_server.py``, ``explainers/test_auth.py`` (the keyed predictor);
+    its last test signals it twice (``test_drain.py``)."""
+    from deployment.processes import free_port
+
+    vllm_port = free_port()
+    server = start_runtime(model_dir=model_dir, name="guarded", extra=[
+        "--max-model-len=1024", "--max-num-seqs=2", f"--api_key_file={guarded_key_file}",
+        "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
+        "--max_tokens_limit=800", "--max_stop_sequences=2", "--default_max_tokens=5",
+        "--enable_operator_routes=true", "--drain_timeout=300",
+        "--host", "0.0.0.0", "--port", str(vllm_port), "--enable-log-requests"])
+    server.vllm_port = vllm_port  # type: ignore[attr-defined]
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def lora_server(model_dir: str, lora_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+    """The runtime with LoRA: static adapters ``attn-a`` (``name=path``) and ``mlp-b`` (JSON
+    form), loading at run time on (``--max_adapters 3``), two adapter slots, key ``LORA_KEY``.
+
+    Users: ``runtime/test_adapters.py``, ``benchmarks/test_adapters_run.py``; its last test
+    kills its engine (``runtime/test_health.py``)."""
+    import json
+
+    static = ["--lora-modules", f"attn-a={lora_adapters['attn-a']}",
+              json.dumps({"name": "mlp-b", "path": str(lora_adapters["mlp-b"])})]
+    server = start_runtime(model_dir=model_dir, name="lora", extra=[
+        "--max-model-len=2048", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
+        *static, "--enable_adapter_loading", "true", "--api_key", LORA_KEY,
+        "--max_adapters", "3"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _model_fingerprint(model_dir: str) -> str:
+    """What the adapters are built from: the base model's config and weights (names, sizes)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(model_dir).iterdir()):
+        if p.suffix in (".json", ".safetensors"):
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+            if p.suffix == ".json":
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
 def lora_adapters(model_dir: str) -> dict[str, Path]:
     """The four example LoRA adapters of the model (``deployment.adapters.EXAMPLES``), built
-    with peft once and kept under .cache (same specs, same weights)."""
-    from deployment.adapters import build_examples
+    with peft once per base model and kept under .cache: the folder is keyed by the base
+    model's fingerprint and written whole (built aside, then renamed), so a run cut short
+    leaves no half-built adapter behind."""
+    from deployment.adapters import EXAMPLES, build_examples
 
-    return build_examples(model_dir, REPO / ".cache" / "adapters-v1")
+    cache = REPO / ".cache" / f"adapters-{_model_fingerprint(model_dir)}"
+    if not cache.is_dir():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".adapters-", dir=cache.parent))
+        try:
+            build_examples(model_dir, tmp)
+            try:
+                os.rename(tmp, cache)
+            except OSError:  # another session renamed its copy first: use that one
+                if not cache.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {spec.name: cache / spec.name for spec in EXAMPLES}
+
+
+# ---------------------------------------------------------------- order, marks, stops
+
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def _servers_of(item: pytest.Item) -> set[str]:
+    return set(getattr(item, "fixturenames", ())) & set(SHARED_SERVERS)
+
+
+def _destroys(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("destroys")
+    return mark.args[0] if mark else None
+
+
+def _group_modules(items: list[pytest.Item]) -> list[pytest.Item]:
+    """Modules that share a server other than the predictor run next to each other (at the
+    place of the last of them), so that server is alive for as short a time as possible.
+    Whole modules move, so module-scoped fixtures are still set up once."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(_module_of(item), []).append(item)
+    order = list(modules)
+    for server in SHARED_SERVERS[1:]:
+        users = [m for m in order
+                 if any(server in _servers_of(i) and _destroys(i) != server for i in modules[m])]
+        if len(users) < 2:
+            continue
+        moved = users[:-1]
+        rest = [m for m in order if m not in moved]
+        last = rest.index(users[-1])
+        order = rest[:last] + moved + rest[last:]
+    return [i for m in order for i in modules[m]]
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the session's predictor is ``slow`` even if its module forgot the
-    marker: the fast tier (``-m "not slow"``, ``make unit``) must never start an engine."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark, order and schedule the stops of the shared servers.
+
+    - A test that uses a shared server is ``slow`` even if its module forgot the marker: the
+      fast tier must never start an engine.
+    - Modules sharing a server run together; a test marked ``destroys(server)`` runs right
+      after the last other user of that server (and, if none, keeps its place).
+    - ``config._last_user``: for each server, the test after which it is stopped.
+    """
     for item in items:
-        if "predictor" in getattr(item, "fixturenames", ()) and \
-                item.get_closest_marker("slow") is None:
+        if _servers_of(item) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
+    items[:] = _group_modules(items)
+    for server in SHARED_SERVERS:
+        doomed = [i for i in items if _destroys(i) == server]
+        for victim in doomed:
+            items.remove(victim)
+        users = [n for n, i in enumerate(items) if server in _servers_of(i)]
+        at = users[-1] + 1 if users else len(items)
+        items[at:at] = doomed
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    last: dict[str, str] = {}
+    for item in session.items:  # after -m / -k deselection: what will run
+        for server in _servers_of(item):
+            last[server] = item.nodeid
+    session.config._last_user = last  # type: ignore[attr-defined]
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop a shared server after its last test: fewer engines alive at once. (The fixture's
+    own finalizer stops it again at the end of the session, which is then a no-op.)"""
+    last = getattr(item.config, "_last_user", {})
+    funcargs = getattr(item, "funcargs", {})
+    for server, nodeid in last.items():
+        if nodeid == item.nodeid and nextitem is not None and server in funcargs:
+            funcargs[server].stop()
+
+
+# ---------------------------------------------------------------- the engine ledger
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every engine this session starts (its children inherit the variable) is written to a
+    ledger of this process's own (a worker's own under xdist)."""
+    config.addinivalue_line("markers", "destroys(server): ends the shared server it names; "
+                            "runs after every other test that uses it")
+    if os.environ.get("TEST_ENGINE_LEDGER_OWNER") is None:
+        ledger = REPO / ".cache" / f"engine-starts-{os.getpid()}.log"
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        ledger.write_text("")
+        os.environ[LEDGER_ENV] = str(ledger)
+        os.environ["TEST_ENGINE_LEDGER_OWNER"] = str(os.getpid())
+
+
+def _ledger(path: str | None = None) -> list[str]:
+    path = path or os.environ.get(LEDGER_ENV)
+    if not path or not os.path.exists(path):
+        return []
+    return Path(path).read_text().splitlines()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The engine-start count: what the suite cost (CI prints it under the durations)."""
+    if os.environ.get("TEST_ENGINE_LEDGER_OWNER") != str(os.getpid()):
+        return
+    lines = _ledger()
+    refused = sum("REFUSED" in line for line in lines)
+    terminalreporter.section(f"vLLM engine starts: {len(lines) - refused}"
+                             + (f" (and {refused} refused)" if refused else ""))
+    for line in lines:
+        terminalreporter.write_line(line[:300])
+    path = os.environ.get(LEDGER_ENV)
+    if path:
+        Path(path).unlink(missing_ok=True)
 
 
 # What the fast tier must never start: an engine (the runtime, plain vLLM, Ray), or the
@@ -85,11 +289,15 @@ def _real_server(argv: list[str]) -> str | None:
 
 @pytest.fixture(autouse=True)
 def _fast_tier_starts_no_engine(request: pytest.FixtureRequest,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a test not marked ``slow``, starting a real server is an error, not a slow pass:
-    the fast tier's promise (no engine, no predictor, no explainer) is enforced here, where
-    every server process starts (``deployment.processes.ChildProcess.start``)."""
+                                monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In a test not marked ``slow``, starting a real server is an error, not a slow pass.
+
+    Two nets: a server process started through ``deployment.processes.ChildProcess`` fails
+    the test at once; and an engine started by any other route (``subprocess``, a ``bash -c``
+    template, a tool) is refused by the engine core itself (``KSERVE_LLM_NO_ENGINE``, set here
+    for the test) and shows in the ledger, which fails the test afterwards."""
     if request.node.get_closest_marker("slow") is not None:
+        yield
         return
     from deployment.processes import ChildProcess
 
@@ -102,4 +310,11 @@ def _fast_tier_starts_no_engine(request: pytest.FixtureRequest,
         return start(self)
 
     monkeypatch.setattr(ChildProcess, "start", guarded)
-
+    monkeypatch.setenv(FORBID_ENV, "1")
+    ledger = os.environ.get(LEDGER_ENV)  # the session's (a test may point its own elsewhere)
+    before = len(_ledger(ledger))
+    yield
+    started = _ledger(ledger)[before:]
+    if started:
+        pytest.fail(f"a fast-tier test started a vLLM engine (refused): {started}",
+                    pytrace=False)

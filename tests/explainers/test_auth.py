@@ -1,6 +1,6 @@
 """The explainer's own API key, and its key for a predictor that requires one.
 
-Against the real predictor started with ``--api_key`` and real ``python -m explainers``
+Against the real predictor with a key (the session's guarded server) and real ``python -m explainers``
 processes: every route but health needs the explainer's key (from ``--api_key``,
 ``$API_KEY`` or ``--api_key_file``, re-read when the file changes), the explainer reaches the
 keyed predictor with ``--predictor_api_key``, ``$PREDICTOR_API_KEY`` or
@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import GUARDED_KEY
 from tests.explainers.conftest import MODEL, explain, start_explainer
-from tests.support.server import ServerProcess, start_runtime
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-PREDICTOR_KEY = "predictor-" + secrets.token_hex(8)
+PREDICTOR_KEY = GUARDED_KEY
 EXPLAINER_KEY = "explainer-" + secrets.token_hex(8)
 CHAT = {"messages": [{"role": "user", "content": "Alice lives in Paris. Bob lives in Rome."}],
         "response": "Rome.", "html": False}
@@ -44,14 +44,10 @@ def write_key(path: Path, key: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def keyed_predictor(model_dir: str) -> Iterator[ServerProcess]:
-    """The real runtime requiring ``PREDICTOR_KEY`` on its inference routes."""
-    server = start_runtime(model_dir=model_dir, name="predictor-keyed",
-                           extra=["--api_key", PREDICTOR_KEY, "--max-model-len=2048"])
-    try:
-        yield server
-    finally:
-        server.stop()
+def keyed_predictor(guarded_server: ServerProcess) -> ServerProcess:
+    """The real runtime requiring ``PREDICTOR_KEY`` on its inference routes: the session's
+    guarded server (tests/conftest.py), one engine start fewer than a server of its own."""
+    return guarded_server
 
 
 def host(server: ServerProcess) -> str:

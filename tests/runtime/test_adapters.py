@@ -23,14 +23,15 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import LORA_KEY
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
 from tests.runtime.test_generate import stream_events
 from tests.support.lora import peft_greedy
-from tests.support.server import ServerProcess, start_runtime
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-KEY = "adapter-test-key"
+KEY = LORA_KEY
 AUTH = {"authorization": f"Bearer {KEY}"}
 PROMPT = "My favourite food is"  # the example adapters change the base model's answer at once
 TOKENS = 16
@@ -113,16 +114,10 @@ def tokenizer(model_dir: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: str, lora_adapters: dict[str, Path]) -> Any:
-    static = ["--lora-modules", f"attn-a={lora_adapters['attn-a']}",
-              json.dumps({"name": "mlp-b", "path": str(lora_adapters["mlp-b"])})]
-    proc = start_runtime(model_dir=model_dir, name="lora", extra=[
-        "--max-model-len=2048", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
-        *static, "--enable_adapter_loading", "true", "--api_key", KEY, "--max_adapters", "3"])
-    try:
-        yield proc
-    finally:
-        proc.stop()
+def server(lora_server: ServerProcess) -> ServerProcess:
+    """The session's LoRA server (tests/conftest.py): static ``attn-a`` and ``mlp-b``, loading
+    on, ``--max_adapters 3``, two adapter slots, the key ``KEY``."""
+    return lora_server
 
 
 @pytest.fixture(scope="module")

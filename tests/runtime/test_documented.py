@@ -60,7 +60,7 @@ def tls_server(model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                           timeout=120)
     loading: list[httpx.Response] = []
     started = Started(server, client, loading, cert, key)  # its client is replaced on rotation
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline:
             assert server.proc is not None and server.proc.poll() is None, server.log()[-3000:]
