@@ -49,12 +49,20 @@ def test_chat_top_logprobs(oai: openai.OpenAI) -> None:
 
 
 def test_n_two_and_seed(oai: openai.OpenAI) -> None:
-    r = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2,
-                               temperature=1.0, seed=7)
-    assert len(r.choices) == 2
-    again = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2,
-                                   temperature=1.0, seed=7)
-    assert [c.text for c in r.choices] == [c.text for c in again.choices]
+    """n=2 gives two different samples; the seed reproduces them and another seed does not
+    (a server that ignored temperature, seed or n would fail one of these)."""
+    def sample(seed: int) -> list[str]:
+        r = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12, n=2,
+                                   temperature=1.0, seed=seed)
+        return [c.text for c in r.choices]
+
+    first = sample(7)
+    assert len(first) == 2 and first[0] != first[1], first
+    assert sample(7) == first
+    assert sample(8) != first
+    greedy = oai.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=12,
+                                    temperature=0).choices[0].text
+    assert greedy not in first, (greedy, first)
 
 
 def test_stop_sequence(oai: openai.OpenAI) -> None:
