@@ -3,7 +3,8 @@
 Why subcommands: ``run`` drives servers that are already up (a cluster, a port-forward);
 ``side-by-side`` starts this runtime and plain vLLM itself for a like-for-like comparison;
 ``compare`` recomputes the overhead table from finished runs; ``adapters`` starts one runtime
-with LoRA adapters and compares traffic spread over them with the base model alone;
+with LoRA adapters (or drives one already running, ``--url``) and compares traffic spread over
+them with the base model alone;
 ``startup`` times each server's start alone, alternately, several times.
 """
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Engine arguments for both servers go after `--`."))
     adapters.add_flags(sub.add_parser(
         "adapters", help="one runtime with LoRA adapters: spread over them vs the base model",
-        description="Engine arguments go after `--` (the LoRA flags are added)."))
+        description="Engine arguments go after `--` (the LoRA flags are added); with --url "
+        "the runtime is already running and nothing is started."))
     startup.add_flags(sub.add_parser(
         "startup", help="time to ready: this runtime against plain vLLM, alternating starts",
         description="Engine arguments for both servers go after `--`."))

@@ -84,6 +84,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="the target the others are compared with (e.g. plain vLLM)")
     p.add_argument("--model", default="smollm2", help="served model name")
     p.add_argument("--tokenizer", required=True, help="model folder with the tokenizer")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="sent to every target as 'Authorization: Bearer KEY' (gRPC: the "
+                   "'authorization' metadata); never written to the results")
     add_load_flags(p)
 
 
@@ -145,7 +148,8 @@ def parse_targets(args: argparse.Namespace) -> list[Target]:
             raise SystemExit(f"--target {item!r}: expected NAME=http://HOST:PORT")
         targets.append(Target(name=name, url=url.rstrip("/"), model=args.model,
                               grpc_url=grpc.get(name), models=tuple(args.models or ()),
-                              model_order=args.model_order))
+                              model_order=args.model_order,
+                              api_key=getattr(args, "api_key", None)))
     return targets
 
 
@@ -175,7 +179,7 @@ def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str
     doc: dict[str, Any] = {
         "config": config_dict(args, plan), "environment": env,
         "started_unix": started, "finished_unix": time.time(),
-        "targets": [vars(t) for t in targets], "baseline": baseline,
+        "targets": [t.describe() for t in targets], "baseline": baseline,
         "target": others[0] if baseline and others else None,
         "warmup": result.warmup, "points": result.points, **(extra or {}),
     }

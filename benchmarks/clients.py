@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -50,6 +50,9 @@ class Target:
     (LoRA adapters, aliases) instead of ``model``: in turn (``model_order`` "round-robin") or
     drawn with the point's seed ("random"). Every sender reads ``model``, so a request goes to
     its name on every protocol (OpenAI ``model``, the v2 URL, gRPC ``model_name``).
+
+    ``api_key``, when given, goes with every request as ``Authorization: Bearer KEY`` (HTTP)
+    and as the ``authorization`` metadata (gRPC), as the runtime's ``--api_key`` requires.
     """
 
     name: str
@@ -60,6 +63,21 @@ class Target:
     has_v2: bool = True
     models: tuple[str, ...] = ()
     model_order: str = "round-robin"
+    api_key: str | None = field(default=None, repr=False)  # never printed with the target
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers every request to this target carries (the key, if any)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def grpc_metadata(self) -> dict[str, str] | None:
+        """gRPC metadata every call to this target carries (None without a key)."""
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else None
+
+    def describe(self) -> dict[str, Any]:
+        """The target as ``run.json`` records it: the key replaced by whether one was sent."""
+        out = asdict(self)
+        out["api_key"] = "(set)" if self.api_key else None
+        return out
 
     def api_for(self, api: str) -> str:
         """The API actually sent to this target for the requested ``api``."""
@@ -113,9 +131,10 @@ def _sse_messages(buffer: str) -> tuple[list[str], str]:
 
 
 async def _stream(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
-                  record: RequestRecord, on_event: Callable[[dict[str, Any], float], None]) -> None:
+                  record: RequestRecord, on_event: Callable[[dict[str, Any], float], None],
+                  headers: dict[str, str]) -> None:
     record.begin()
-    async with session.post(url, json=body) as resp:
+    async with session.post(url, json=body, headers=headers) as resp:
         record.status = resp.status
         if resp.status != 200:
             record.error = f"HTTP {resp.status}: {(await resp.text())[:300]}"
@@ -165,7 +184,8 @@ async def openai_chat(session: Any, target: Target, prompt: Prompt, sampling: Sa
             "stream": True, "stream_options": {"include_usage": True},
             **sampling.params(prompt.output_len)}
     url = f"{target.url}{target.openai_prefix}/chat/completions"
-    await _stream(session, url, body, record, _openai_event(record, chat=True))
+    await _stream(session, url, body, record, _openai_event(record, chat=True),
+                  target.headers())
 
 
 async def openai_completions(session: Any, target: Target, prompt: Prompt, sampling: Sampling,
@@ -174,7 +194,8 @@ async def openai_completions(session: Any, target: Target, prompt: Prompt, sampl
     body = {"model": target.model, "prompt": prompt.text, "stream": True,
             "stream_options": {"include_usage": True}, **sampling.params(prompt.output_len)}
     url = f"{target.url}{target.openai_prefix}/completions"
-    await _stream(session, url, body, record, _openai_event(record, chat=False))
+    await _stream(session, url, body, record, _openai_event(record, chat=False),
+                  target.headers())
 
 
 _COUNT_KEYS = ("completion_tokens", "output_tokens", "num_output_tokens", "generated_tokens")
@@ -205,13 +226,14 @@ async def v2_generate_stream(session: Any, target: Target, prompt: Prompt, sampl
             record.text += event["text_output"] or ""
         _v2_counts(record, event)
 
-    await _stream(session, url, body, record, on_event)
+    await _stream(session, url, body, record, on_event, target.headers())
 
 
 async def _post_once(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
-                     record: RequestRecord, extract: Callable[[dict[str, Any]], str]) -> None:
+                     record: RequestRecord, extract: Callable[[dict[str, Any]], str],
+                     headers: dict[str, str]) -> None:
     record.begin()
-    async with session.post(url, json=body) as resp:
+    async with session.post(url, json=body, headers=headers) as resp:
         record.status = resp.status
         payload = await resp.read()
         record.end = time.perf_counter()
@@ -231,7 +253,7 @@ async def v2_generate(session: Any, target: Target, prompt: Prompt, sampling: Sa
         return obj.get("text_output") or ""
 
     await _post_once(session, f"{target.url}/v2/models/{target.model}/generate", body, record,
-                     extract)
+                     extract, target.headers())
 
 
 async def v2_infer(session: Any, target: Target, prompt: Prompt, sampling: Sampling,
@@ -248,7 +270,7 @@ async def v2_infer(session: Any, target: Target, prompt: Prompt, sampling: Sampl
         return ""
 
     await _post_once(session, f"{target.url}/v2/models/{target.model}/infer", body, record,
-                     extract)
+                     extract, target.headers())
 
 
 async def openai_completions_nostream(session: Any, target: Target, prompt: Prompt,
@@ -262,7 +284,7 @@ async def openai_completions_nostream(session: Any, target: Target, prompt: Prom
         return choices[0].get("text") or ""
 
     await _post_once(session, f"{target.url}{target.openai_prefix}/completions", body, record,
-                     extract)
+                     extract, target.headers())
 
 
 SENDERS: dict[str, Sender] = {

@@ -29,7 +29,9 @@ def grpc_client(target: Target) -> Any:
 
 async def v2_grpc(client: Any, target: Target, prompt: Prompt, sampling: Sampling,
                   record: RequestRecord) -> None:
-    """ModelInfer with a ``text_input`` BYTES [1] tensor and sampling in ``parameters``."""
+    """ModelInfer with a ``text_input`` BYTES [1] tensor and sampling in ``parameters``; the
+    output token count from the response's ``completion_tokens`` parameter when the server
+    puts one there (the runtime does), else the client tokenizes the text afterwards."""
     import tritonclient.grpc as grpcclient
 
     tensor = grpcclient.InferInput("text_input", [1], "BYTES")
@@ -37,12 +39,14 @@ async def v2_grpc(client: Any, target: Target, prompt: Prompt, sampling: Samplin
     wanted = [grpcclient.InferRequestedOutput("text_output")]
     record.begin()
     result = await client.infer(target.model, [tensor], outputs=wanted,
-                                parameters=sampling.params(prompt.output_len))
+                                parameters=sampling.params(prompt.output_len),
+                                headers=target.grpc_metadata())
     record.end = time.perf_counter()
     record.status = 200  # the RPC succeeded (an error raises)
     out = result.as_numpy("text_output")
     text = out.reshape(-1)[0] if out is not None and out.size else b""
     record.answered(text.decode() if isinstance(text, bytes) else str(text))
+    _counts(record, result.get_response())
 
 
 def _param(response: Any, name: str) -> Any:
@@ -53,6 +57,17 @@ def _param(response: Any, name: str) -> Any:
     value = params[name]
     field = value.WhichOneof("parameter_choice")
     return getattr(value, field) if field else None
+
+
+def _counts(record: RequestRecord, response: Any) -> None:
+    """The server's token counts from a response's ``completion_tokens`` / ``prompt_tokens``
+    parameters (on the last response of a stream), when it gives them."""
+    count = _param(response, "completion_tokens")
+    if isinstance(count, int) and count > 0:
+        record.output_tokens, record.token_source = count, "usage"
+    prompt_tokens = _param(response, "prompt_tokens")
+    if isinstance(prompt_tokens, int):
+        record.prompt_tokens = prompt_tokens
 
 
 async def v2_grpc_stream(client: Any, target: Target, prompt: Prompt, sampling: Sampling,
@@ -77,7 +92,7 @@ async def v2_grpc_stream(client: Any, target: Target, prompt: Prompt, sampling: 
                "outputs": [grpcclient.InferRequestedOutput("text_output")]}
 
     record.begin()
-    async for result, error in client.stream_infer(requests()):
+    async for result, error in client.stream_infer(requests(), headers=target.grpc_metadata()):
         now = time.perf_counter()
         if error is not None:
             record.error = f"stream error: {str(error)[:300]}"
@@ -88,12 +103,7 @@ async def v2_grpc_stream(client: Any, target: Target, prompt: Prompt, sampling: 
             piece = out.reshape(-1)[0]
             record.text += piece.decode() if isinstance(piece, bytes) else str(piece)
             record.chunk_times.append(now)
-        count = _param(response, "completion_tokens")
-        if isinstance(count, int) and count > 0:
-            record.output_tokens, record.token_source = count, "usage"
-        prompt_tokens = _param(response, "prompt_tokens")
-        if isinstance(prompt_tokens, int):
-            record.prompt_tokens = prompt_tokens
+        _counts(record, response)
         if _param(response, "triton_final_response"):
             break
     record.status = 200 if not record.error else 500

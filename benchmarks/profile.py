@@ -71,7 +71,7 @@ def descendants(pid: int) -> list[int]:
 
 def shares(raw: str) -> tuple[dict[str, float], list[tuple[str, float]], int]:
     """Inclusive share of samples per category and the top leaf frames (py-spy raw format)."""
-    total, per_cat, leaves = 0, Counter(), Counter()
+    total, per_cat, leaves = 0, Counter[str](), Counter[str]()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():

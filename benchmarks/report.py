@@ -50,7 +50,24 @@ def environment() -> dict[str, Any]:
         commit = ""
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()), "versions": versions,
-            "git_commit": commit, "argv": sys.argv}
+            "git_commit": commit, "argv": redact_argv(sys.argv)}
+
+
+SECRET_FLAGS = ("--api-key",)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the value of every secret flag (``--api-key KEY``, ``--api-key=KEY``)
+    replaced, so that results can be shared."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in SECRET_FLAGS:
+            out.append("***")
+        elif arg.split("=", 1)[0] in SECRET_FLAGS and "=" in arg:
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out
 
 
 def write_requests(path: Path, records: Sequence[RequestRecord], origin: float) -> None:
@@ -108,7 +125,10 @@ def summary_markdown(run: dict[str, Any]) -> str:
     if servers:
         out += ["## Servers", "", "| target | time to ready s | command |", "|---|---|---|"]
         for name, s in servers.items():
-            out.append(f"| {name} | {s['ready_s']:.1f} | `{' '.join(s['command'])}` |")
+            if s.get("command"):
+                out.append(f"| {name} | {s['ready_s']:.1f} | `{' '.join(s['command'])}` |")
+            else:  # a running server the benchmark was pointed at (--url)
+                out.append(f"| {name} | - | already running at {s['url']} |")
         out.append("")
     if run.get("comparison"):
         out += [f"## {run['target']} against {run['baseline']}", "",

@@ -51,7 +51,8 @@ class RunResult:
 
 async def probe_target(target: Target) -> Target:
     """Find the target's OpenAI prefix (``/openai/v1`` or ``/v1``) and whether it has v2."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10),
+                                     headers=target.headers()) as session:
         async def ok(path: str) -> bool:
             try:
                 async with session.get(target.url + path) as resp:

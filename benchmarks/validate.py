@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         "vllm": [{k: x.get(k) for k in keep} for x in vllm],
         "ttfts_s": {"ours": [x["ttfts"] for x in mine],
                     "vllm": [x.get("ttfts") for x in vllm]}}, indent=2))
-    for m in COMPARED:
-        r = result[m]
-        print(f"{m}: this client {r['ours']:.2f}, vLLM harness {r['vllm']:.2f}, "
-              f"ratio {r['ratio']:.3f} ({'within' if r['ok'] else 'OUTSIDE'} "
+    for metric in COMPARED:
+        verdict = result[metric]
+        print(f"{metric}: this client {verdict['ours']:.2f}, vLLM harness {verdict['vllm']:.2f}, "
+              f"ratio {verdict['ratio']:.3f} ({'within' if verdict['ok'] else 'OUTSIDE'} "
               f"{a.tolerance:.0%})")
     return 0 if result["ok"] else 1
 

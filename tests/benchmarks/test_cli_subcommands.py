@@ -90,7 +90,8 @@ def two_target_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Arri
     return out, seen
 
 
-def test_run_subcommand_writes_the_documented_files(two_target_run) -> None:  # type: ignore[no-untyped-def]
+def test_run_subcommand_writes_the_documented_files(two_target_run: tuple[Path, Arrivals]
+                                                    ) -> None:
     """README: `python -m benchmarks run` writes run.json, requests.jsonl, summary.csv,
     summary.md and plots."""
     out, seen = two_target_run
@@ -113,7 +114,8 @@ def test_run_subcommand_writes_the_documented_files(two_target_run) -> None:  # 
     assert len(seen) == len(records) + 2 * 2
 
 
-def test_compare_subcommand_recomputes_the_table(two_target_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_compare_subcommand_recomputes_the_table(two_target_run: tuple[Path, Arrivals],
+                                                 tmp_path: Path) -> None:
     """README: `python -m benchmarks compare` recomputes the overhead table (and plot) from
     finished runs."""
     run_dir, _ = two_target_run

@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,7 +55,8 @@ def _fake_app(fail_every: int) -> web.Application:
         if seen["n"] % fail_every == 0:
             return web.json_response({"error": "boom"}, status=500)
         n = body["max_tokens"]
-        events = [{"choices": [{"delta": {"role": "assistant", "content": ""}}]}]
+        events: list[dict[str, Any]] = [
+            {"choices": [{"delta": {"role": "assistant", "content": ""}}]}]
         events += [{"choices": [{"delta": {"content": " w"}}]} for _ in range(n)]
         events.append({"choices": [], "usage": {"prompt_tokens": 30, "completion_tokens": n}})
         return await sse(request, events)
@@ -157,20 +159,20 @@ def test_self_check_flags_a_saturated_client() -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # type: ignore[no-untyped-def]
+def tokenizer() -> Any:
     if not (MODEL_DIR / "tokenizer.json").exists():
         pytest.skip("default model not prepared (make model)")
     return load_tokenizer(MODEL_DIR)
 
 
-def test_random_prompts_exact_and_reproducible(tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_random_prompts_exact_and_reproducible(tokenizer: Any) -> None:
     a = random_prompts(tokenizer, 6, 100, 7, seed=3)
     assert [count_tokens(tokenizer, p.text) for p in a] == [100] * 6
     assert a == random_prompts(tokenizer, 6, 100, 7, seed=3)
     assert a != random_prompts(tokenizer, 6, 100, 7, seed=4)
 
 
-def test_random_range_ratio_spreads_lengths(tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_random_range_ratio_spreads_lengths(tokenizer: Any) -> None:
     got = random_prompts(tokenizer, 40, 100, 60, seed=5, range_ratio=0.5)
     ins = [count_tokens(tokenizer, p.text) for p in got]
     assert ins == [p.input_tokens for p in got]  # each prompt exactly its drawn length
@@ -181,7 +183,7 @@ def test_random_range_ratio_spreads_lengths(tokenizer) -> None:  # type: ignore[
         random_prompts(tokenizer, 1, 10, 10, seed=0, range_ratio=1.0)
 
 
-def test_jsonl_and_sharegpt(tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_jsonl_and_sharegpt(tokenizer: Any, tmp_path: Path) -> None:
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"prompt": "What is the capital of France?"}\n'
                   '{"text": "Name three colors.", "output_len": 9}\n')

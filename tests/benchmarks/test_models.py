@@ -60,7 +60,8 @@ def test_round_robin_and_seeded_random_assignment() -> None:
             2, seed=0)
 
 
-def test_every_http_api_sends_each_request_to_its_model(echo_server) -> None:  # type: ignore[no-untyped-def]
+def test_every_http_api_sends_each_request_to_its_model(
+        echo_server: tuple[str, list[str]]) -> None:
     url, seen = echo_server
     seen.clear()
     n = 8
@@ -97,7 +98,7 @@ class _FakeGrpc:
         self.seen.append(model)
         return self._result(model)
 
-    async def stream_infer(self, requests: AsyncIterator[dict[str, Any]]
+    async def stream_infer(self, requests: AsyncIterator[dict[str, Any]], **kwargs: Any
                            ) -> AsyncIterator[tuple[Any, None]]:
         async for request in requests:
             self.seen.append(request["model_name"])

@@ -23,7 +23,8 @@ class StandIn:
     """A server that is 'ready' after a scripted time and writes a vLLM-like log."""
 
     def __init__(self, name: str, ready: float, log_dir: Path, calls: list[str]) -> None:
-        self.name, self.ready_s, self.calls = name, None, calls
+        self.name, self.calls = name, calls
+        self.ready_s: float | None = None
         self._ready = ready
         self.log_path = log_dir / f"{name}.log"
         self.stopped = False
