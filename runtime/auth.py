@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import threading
 
 logger = logging.getLogger(__name__)
@@ -108,13 +109,26 @@ class ApiKey:
 
 
 SECRET_FLAGS = ("--api_key", "--api-key", "--predictor_api_key", "--predictor-api-key")
+# A key flag inside a script (`bash -c "... vllm serve ... --api-key KEY ..."`): the flag, then
+# `=` or blanks (a `\`-newline continuation included), then its value, quoted or not.
+_SCRIPT_SECRET = re.compile(
+    r"(?<![\w-])(" + "|".join(map(re.escape, SECRET_FLAGS)) + r")"
+    r"(=|(?:[ \t]|\\\n)+)"
+    r"(\"(?:[^\"\\]|\\.)*\"|\\\"[^\"]*\\\"|'[^']*'|(?:[^\s\\;&|)]|\\.)+)")
+
+
+def _redact_script(script: str) -> str:
+    return _SCRIPT_SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}***", script)
 
 
 def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
     """A command line fit to print: the values of key flags replaced by ``***``.
 
     Why: tools that print the commands they run (the local runner, the Ray bootstrap) must not
-    print the key that a manifest or an operator passed on a command line.
+    print the key that a manifest or an operator passed on a command line. A key flag is found
+    as its own argument (``--api-key KEY``, ``--api-key=KEY``) and inside any argument that
+    holds blanks, i.e. a script (``bash -c "... vllm serve ... --api-key KEY ..."``, as
+    KServe's LLMInferenceService template runs), in both forms there too.
     """
     out: list[str] = []
     hide_next = False
@@ -131,5 +145,5 @@ def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
                 out.append(token)
                 hide_next = True
             continue
-        out.append(token)
+        out.append(_redact_script(token) if any(ch.isspace() for ch in token) else token)
     return out

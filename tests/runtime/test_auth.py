@@ -63,3 +63,33 @@ def test_printed_commands_hide_the_key() -> None:
     shown = " ".join(redact_argv(argv))
     assert "k1" not in shown and "k2" not in shown and "k3" not in shown
     assert shown.endswith("--model_name m") and shown.count("***") == 3
+
+
+# KServe's LLMInferenceService template: `/bin/bash -c "<script>" -- <args>`, the script ending in
+# `eval "exec vllm serve ... \` lines; a key written into it is one argument among many words.
+SCRIPT = """set -e
+echo starting
+eval "exec vllm serve /mnt/models --port 8000 \\
+  --api-key s1 \\
+  --api_key=s2 --predictor-api-key \\"s 3\\" \\
+  --predictor_api_key='s4 x' \\
+  --api-key \\
+    s5 \\
+  --api_key_file /run/secrets/key --max-model-len=2048 ${VLLM_ADDITIONAL_ARGS} $@"
+exec other --api-key="s6";exec more --predictor-api-key s7|tee log"""
+
+
+@pytest.mark.parametrize("shell", ["/bin/bash", "sh"])
+def test_printed_commands_hide_a_key_inside_a_shell_script(shell: str) -> None:
+    from runtime.auth import redact_argv
+
+    argv = [shell, "-c", SCRIPT, "--", "--api-key", "s8", "--max-loras=2"]
+    shown = redact_argv(argv)
+    for secret in ("s1", "s2", "s 3", "s4", "s5", "s6", "s7", "s8"):
+        assert secret not in " ".join(shown), (secret, shown)
+    # everything else is kept, word for word: only the values became ***
+    assert shown[2].count("***") == 7 and shown[3:] == ["--", "--api-key", "***", "--max-loras=2"]
+    assert shown[2] == (SCRIPT.replace("s1", "***").replace("=s2", "=***")
+                        .replace('\\"s 3\\"', "***").replace("'s4 x'", "***")
+                        .replace("s5", "***").replace('"s6"', "***").replace("s7", "***"))
+    assert "--api_key_file /run/secrets/key" in shown[2]  # a path, not a key
