@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="assign local ports from this number upwards (default: free ports)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                      help="override an environment variable in every container (repeatable)")
-    run.add_argument("--workdir", help="logs and emptyDir folders (default: a new temp dir)")
+    run.add_argument("--workdir", help="logs, emptyDir folders and the TLS certificate, kept "
+                     "(default: a new temp dir, removed when the runner exits)")
     run.add_argument("--predictor-host", help="HOST:PORT of a predictor for --component "
                      "explainer")
     run.add_argument("--check", action="store_true",
@@ -204,6 +205,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
+    try:
+        return _run(args, plans, isvc, llm, components, workdir)
+    finally:
+        if own_workdir:  # made here: removed whatever happened (its logs went to the output)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, plans: list[ContainerPlan], isvc: Manifest,
+         llm: Manifest | None, components: tuple[str, ...], workdir: Path) -> int:
+    """Start the planned containers under ``workdir``, check their probes, then serve (or,
+    with ``--check``, return); every container is stopped before this returns."""
     # The Secret KServe's controller fills with a self-signed certificate, for the TLS volume.
     secrets = {tls_secret_name(llm): workdir / "tls"} if llm is not None else {}
     try:
@@ -213,17 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                               predictor_host=args.predictor_host, namespace=args.namespace,
                               secrets=secrets)
     except ManifestError as e:
-        if own_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for folder in secrets.values():
-        write_self_signed_tls(folder)
+
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # unwinds into `finally`, which stops every container
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        for folder in secrets.values():
+            write_self_signed_tls(folder)
         dep.start()
         name = isvc.doc["metadata"]["name"]
         for comp in components:
@@ -241,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"try: curl {dep.component_url('predictor')}/openai/v1/chat/completions "
                   f"-H 'content-type: application/json' -d '{{\"model\": \"{name}\", "
                   f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
-        print("all probes passed")
+        print("all probes passed", flush=True)
         return 0 if args.check else _serve(dep)
     except StartupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -141,6 +141,9 @@ class LocalDeployment:
     local ports from that number upwards (0: free ports). ``predictor_host`` is used for the
     explainer when the predictor is not started here. ``secrets`` maps a Secret's name to a
     local folder holding its keys (e.g. the TLS certificate of an LLMInferenceService).
+    ``workdir`` holds the logs and emptyDir folders; without one, a temporary folder is made
+    here and removed by ``stop()`` (or at once if the plans cannot be localised), so a caller
+    that stops the deployment in a ``finally`` leaks nothing; a given ``workdir`` is kept.
     """
 
     def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path | None = None,
@@ -156,6 +159,7 @@ class LocalDeployment:
                                 "local folder per storage URI (--storage URI=DIR)")
         self.model_dir = str(Path(model_dir).resolve()) if model_dir is not None else None
         self.storage = {uri: str(Path(d).resolve()) for uri, d in (storage or {}).items()}
+        self.own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
         self.extra_env = dict(extra_env or {})
         self.predictor_host = predictor_host
@@ -164,7 +168,11 @@ class LocalDeployment:
         self.secrets = {k: str(Path(v).resolve()) for k, v in (secrets or {}).items()}
         self._next_port = base_port
         self._port_maps: dict[str, dict[int, int]] = {}
-        self.containers = [self._localise(p) for p in plans]
+        try:
+            self.containers = [self._localise(p) for p in plans]
+        except BaseException:
+            self._remove_own_workdir()
+            raise
 
     # ----- turning a plan into a local command -------------------------------------------
     def _port(self) -> int:
@@ -259,11 +267,13 @@ class LocalDeployment:
             raise ManifestError("the explainer needs a predictor: run both components or give "
                                 "--predictor-host") from None
 
-    def start(self) -> LocalDeployment:
+    def start(self, timeout: float | None = None) -> LocalDeployment:
         """Start each component's containers, wait for their startup probes, check all probes.
 
         Components start in plan order (predictor, then explainer, like KServe's readiness
         chain). Raises StartupError with the log tail of the container that failed.
+        ``timeout`` caps each component's wait for its startup probe (else the probe's own
+        budget, which may be 15 minutes).
         """
         self.echo(f"work directory: {self.workdir}")
         for component in dict.fromkeys(c.plan.component for c in self.containers):
@@ -274,7 +284,7 @@ class LocalDeployment:
                 self.echo(f"[{c.name}] {' '.join(redact_argv(c.argv))}")
                 self.echo(f"[{c.name}]   ports {c.port_map}  log {c.process.log_path}")
                 c.process.start()
-            self.wait_started(group)
+            self.wait_started(group, timeout)
             for c in group:
                 c.results = [c.probe(kind) for kind in PROBE_KINDS if kind in c.plan.container]
                 for r in c.results:
@@ -334,11 +344,19 @@ class LocalDeployment:
                 time.sleep(1.0)
 
     def stop(self) -> None:
-        """Stop every container, last started first (each with its whole session)."""
-        for c in reversed(self.containers):
-            if c.process.proc is not None:
-                code = c.process.stop()
-                self.echo(f"[{c.name}] stopped (exit {code})")
+        """Stop every container, last started first (each with its whole session); then
+        remove the work directory if this deployment made it (no ``workdir`` given)."""
+        try:
+            for c in reversed(self.containers):
+                if c.process.proc is not None:
+                    code = c.process.stop()
+                    self.echo(f"[{c.name}] stopped (exit {code})")
+        finally:
+            self._remove_own_workdir()
+
+    def _remove_own_workdir(self) -> None:
+        if self.own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> LocalDeployment:
         try:

@@ -2,34 +2,45 @@
 
 The runner merges each example with KServe's default template and runs the template's own
 ``/bin/bash -c`` script, in which ``vllm serve`` is this runtime (docker/bin/vllm first on
-PATH), over HTTPS with a certificate the runner made. Two engine starts: the plain example
-with ``--check`` (every probe passes over HTTPS), and the LoRA example in serving mode (a chat
-under ``spec.model.name`` answers "Paris", verified against the runner's certificate, and
+PATH), over HTTPS with a certificate the runner made. One engine start: the LoRA example in
+serving mode (every probe passes over HTTPS, the template's own script ran, a chat under
+``spec.model.name`` answers "Paris", verified against the runner's certificate, and
 ``/v1/models`` lists both adapters under both their names).
+
+The plain example goes through the same template: its plan, and the ``vllm serve`` command line
+its script hands the runtime, are the LoRA example's minus the LoRA parts (the controller's
+LoRA arguments and the adapters' storage), which the fast tests below prove by diffing them.
+So the real LoRA run also shows that the plain example starts, passes its probes and answers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+import yaml
 
+from deployment.llmisvc import LORA_MOUNT_ROOT, plan_llmisvc
 from deployment.processes import engine_env
 from tests.deployment.conftest import REPO
+from tests.deployment.test_llmisvc import FAKE_VLLM, _localised, llm
 from tests.support.server import stop_group
-
-pytestmark = pytest.mark.slow
 
 ADAPTERS = ("attn-a", "mlp-b")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 SMALL_CACHE = ["--env", "VLLM_CPU_KVCACHE_SPACE=1"]  # little memory to spare here
+# The controller's LoRA flags (deployment/llmisvc.py, lora_args): what LoRA adds to `vllm serve`.
+LORA_FLAGS = ("--enable-lora", "--max-lora-rank", "--max-loras", "--max-cpu-loras",
+              "--lora-modules")
+START_TIMEOUT = 420  # the runner's start-up, probes included (measured: docs/deployment.md)
 
 
 def _model_dir() -> str:
@@ -48,38 +59,110 @@ def _assert_https_probes_passed(log: str) -> None:
                          "health", log), log[-4000:]
 
 
-def test_plain_example_passes_its_probes_through_kserves_template(tmp_path: Path) -> None:
-    done = subprocess.run(
-        _runner("--isvc", "llmisvc/smollm2-cpu.yaml", "--model-dir", _model_dir(),
-                "--workdir", str(tmp_path / "run"), "--check"),
-        capture_output=True, text=True, timeout=1200, cwd=REPO, env=engine_env())
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-6000:]
-    _assert_https_probes_passed(out)
-    assert re.search(r"^workload: https://127\.0\.0\.1:\d+$", done.stdout, re.M), out
-    log = (tmp_path / "run" / "logs" / "smollm2-kserve.log").read_text()
-    assert "[access-log-detect]" in log  # the template's own script ran
+# ---- the plain example, against the LoRA one: no engine ----
+
+def _cli_plan(path: str) -> dict[str, Any]:
+    """What ``python -m deployment plan`` prints for the example's single workload."""
+    done = subprocess.run([sys.executable, "-m", "deployment", "plan", "--isvc", path],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    [header, *_] = done.stdout.splitlines()
+    assert header.startswith("# workload / "), header
+    return dict(yaml.safe_load(done.stdout))
 
 
-def _serve(argv: list[str], log: Path, timeout: float = 1200) -> tuple[subprocess.Popen, str]:
-    """Start the runner in serving mode; it and the workload URL once every probe passed."""
-    out = log.open("w")
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                            start_new_session=True, env=engine_env())
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        if "all probes passed" in text:
-            found = re.search(r"^workload: (https://\S+)$", text, re.M)
-            assert found, text[-4000:]
-            return proc, found.group(1)
-        if proc.poll() is not None:
-            raise AssertionError(f"the runner exited with {proc.returncode}:\n{text[-6000:]}")
-        time.sleep(2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    raise AssertionError(f"no probes passed in {timeout} s:\n{log.read_text()[-4000:]}")
+def _is_lora_arg(arg: str) -> bool:
+    if arg.split("=", 1)[0] in LORA_FLAGS:
+        return True
+    module = json.loads(arg.strip("'"))  # '{"name": ..., "path": "/mnt/lora/<name>"}'
+    return module.keys() == {"name", "path"} and module["path"].startswith(LORA_MOUNT_ROOT)
 
 
+def test_plain_example_plans_the_lora_example_minus_its_lora_parts() -> None:
+    """Command (the template's script), env, ports, probes, image PATH: equal. The LoRA
+    example adds only the controller's LoRA arguments and its adapters' storage."""
+    plain = _cli_plan("llmisvc/smollm2-cpu.yaml")
+    lora = _cli_plan("llmisvc/smollm2-lora-cpu.yaml")
+    assert {k for k in plain if plain[k] != lora[k]} == {"args", "storage"}
+    assert plain["args"] == [] and lora["args"][0] == "--enable-lora"
+    assert all(_is_lora_arg(a) for a in lora["args"]), lora["args"]
+    assert lora["storage"][:1] == plain["storage"]
+    assert {(s["mountPath"], s["uri"].rsplit("/", 1)[1]) for s in lora["storage"][1:]} == \
+        {(f"{LORA_MOUNT_ROOT}/{a}", a) for a in ADAPTERS}
+    # beyond what `plan` prints: the whole container and pod, from the planner itself
+    [p] = plan_llmisvc(llm("smollm2-cpu"))
+    [q] = plan_llmisvc(llm("smollm2-lora-cpu"))
+    assert {**q.container, "args": []} == p.container
+    secret = {"smollm2-lora-kserve-self-signed-certs": "smollm2-kserve-self-signed-certs"}
+    volumes = [{**v, "secret": {"secretName": secret[v["secret"]["secretName"]]}}
+               if "secret" in v else v for v in q.pod["volumes"]]
+    assert {**q.pod, "volumes": volumes} == p.pod  # each its own TLS Secret, named after it
+
+
+def _served(tmp_path: Path, name: str) -> list[str]:
+    """The ``vllm serve`` argv the example's template script hands the runtime (a stand-in
+    ``vllm`` prints it), with the runner's local port read back as the template's 8000."""
+    folder = tmp_path / name
+    folder.mkdir()
+    c = _localised(folder, name)
+    fake = folder / "bin"
+    fake.mkdir()
+    (fake / "vllm").write_text(FAKE_VLLM.format(python=sys.executable))
+    (fake / "vllm").chmod(0o755)
+    env = dict(c.env, PATH=f"{fake}{os.pathsep}{c.env['PATH']}")
+    done = subprocess.run(c.argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout.split("ARGV ", 1)[1])
+    port = str(c.port_map[8000])
+    return ["8000" if a == port else a.replace(str(folder), "<dir>") for a in argv]
+
+
+def test_plain_example_hands_vllm_serve_the_lora_command_minus_its_lora_arguments(
+        tmp_path: Path) -> None:
+    """The real template script of each example, run with a stand-in ``vllm``: the plain
+    example's ``vllm serve`` command line is the LoRA example's without the LoRA tail."""
+    plain, lora = _served(tmp_path, "smollm2-cpu"), _served(tmp_path, "smollm2-lora-cpu")
+    cut = lora.index("--enable-lora")
+    assert plain == lora[:cut], (plain, lora)
+    assert all(_is_lora_arg(a.replace("<dir>/", f"{LORA_MOUNT_ROOT}/")) for a in lora[cut:])
+    assert plain[:6] == ["serve", "<dir>/model", "--served-model-name", "smollm2",
+                         "publishers/default/models/smollm2", "--port"]
+
+
+# ---- the LoRA example for real ----
+
+def _serve(argv: list[str], log: Path,
+           timeout: float = START_TIMEOUT) -> tuple[subprocess.Popen, str]:
+    """Start the runner in serving mode; it and the workload URL once every probe passed
+    (the runner is stopped if that does not happen)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True, env=engine_env())
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text()
+            if "all probes passed" in text:
+                found = re.search(r"^workload: (https://\S+)$", text, re.M)
+                assert found, text[-4000:]
+                return proc, found.group(1)
+            if proc.poll() is not None:
+                raise AssertionError(f"the runner exited with {proc.returncode}:\n"
+                                     f"{text[-6000:]}")
+            time.sleep(2)
+        raise AssertionError(f"no probes passed in {timeout} s:\n{log.read_text()[-4000:]}")
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    """SIGTERM the runner (it stops its workload and exits), unless it already exited."""
+    return proc.returncode if proc.poll() is not None else stop_group(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(START_TIMEOUT + 180)  # start-up, then a chat and a listing
 def test_lora_example_serves_chat_and_lists_its_adapters(
         lora_adapters: dict[str, Path], tmp_path: Path) -> None:
     storage = [arg for name in ADAPTERS for arg in
@@ -90,6 +173,8 @@ def test_lora_example_serves_chat_and_lists_its_adapters(
                        tmp_path / "runner.log")
     try:
         _assert_https_probes_passed((tmp_path / "runner.log").read_text())
+        log = (workdir / "logs" / "smollm2-lora-kserve.log").read_text()
+        assert "[access-log-detect]" in log  # the template's own script ran
         ca = str(workdir / "tls" / "tls.crt")  # the runner's self-signed certificate
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=300,
                                http_client=openai.DefaultHttpxClient(verify=ca))
@@ -102,5 +187,5 @@ def test_lora_example_serves_chat_and_lists_its_adapters(
         expected |= {n for a in ADAPTERS for n in (a, f"publishers/default/models/{a}")}
         assert expected <= names, sorted(names)
     finally:
-        stop_group(proc)  # the runner stops its workloads on SIGTERM
+        _stop(proc)
     assert proc.returncode in (0, 130), proc.returncode
