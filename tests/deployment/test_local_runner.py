@@ -362,7 +362,7 @@ KEYS = ("sekret-1", "sekret-2", "sekret 3", "sekret-4", "sekret-5")
 def test_cli_run_never_prints_a_key(tmp_path: Path) -> None:
     """The runner's real output (``[pod] argv`` lines, probes, URLs) holds no key, though the
     container it started was given them all (a script with keys, and keys as arguments)."""
-    script = (f"echo \"given: $*\"; exec {sys.executable} -c \"{SERVER}\" --api-key sekret-1 "
+    script = (f"echo \"given: $*\"; exec python -c \"{SERVER}\" --api-key sekret-1 "
               "--api_key=sekret-2 --predictor-api-key 'sekret 3' \"$@\"")
     isvc_file, rt_file = _fake_runtime(
         tmp_path, "/", command=["/bin/bash", "-c", script],
