@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deployment.manifests import Manifest, find_isvc, load_manifests
+from tests.support.server import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES_DIR = REPO / "servingruntimes"
@@ -18,6 +23,40 @@ DATA = Path(__file__).parent / "data"
 RUNTIME_FILES = sorted(RUNTIMES_DIR.glob("*.yaml"))
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 ALL_YAML = sorted(RUNTIMES_DIR.rglob("*.yaml"))
+
+
+RUNNER_START_TIMEOUT = 420  # the runner's start-up, probes included (docs/deployment.md)
+
+
+def serve_runner(argv: list[str], log: Path, url_line: str, env: Mapping[str, str],
+                 timeout: float = RUNNER_START_TIMEOUT) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m deployment run`` in serving mode (its output in ``log``); return it
+    and the URL its ``<url_line>: URL`` line printed, once it printed "all probes passed".
+    The runner is stopped if that does not happen."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True, env=dict(env))
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = log.read_text()
+            if "all probes passed" in text:
+                found = re.search(rf"^{re.escape(url_line)}: (https?://\S+)$", text, re.M)
+                assert found, text[-4000:]
+                return proc, found.group(1)
+            if proc.poll() is not None:
+                raise AssertionError(f"the runner exited with {proc.returncode}:\n"
+                                     f"{text[-6000:]}")
+            time.sleep(2)
+        raise AssertionError(f"no probes passed in {timeout} s:\n{log.read_text()[-4000:]}")
+    except BaseException:
+        stop_runner(proc)
+        raise
+
+
+def stop_runner(proc: subprocess.Popen) -> int:
+    """SIGTERM the runner (it stops its workloads and exits), unless it already exited."""
+    return proc.returncode if proc.poll() is not None else stop_group(proc)
 
 
 def crd_schemas() -> dict[str, dict[str, Any]]:

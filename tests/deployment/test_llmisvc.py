@@ -282,19 +282,27 @@ def test_runner_maps_port_tls_storage_and_path(tmp_path: Path) -> None:
     assert c.scheme() == "https"
 
 
-def test_templates_script_hands_vllm_serve_the_expected_command_line(tmp_path: Path) -> None:
-    """The real ``bash -c`` script, its version detection and ``eval`` included, with a
-    stand-in ``vllm`` first on PATH: what the runtime's ``vllm serve`` will be given."""
-    c = _localised(tmp_path, "smollm2-lora-cpu")
-    fake = tmp_path / "bin"
+def run_template_script(folder: Path, name: str) -> tuple[Any, str]:
+    """Run the example's real ``bash -c`` template script (planned under ``folder``) with a
+    stand-in ``vllm`` first on PATH, which prints the argv it was given after ``ARGV``: the
+    container's plan and the script's output."""
+    c = _localised(folder, name)
+    fake = folder / "bin"
     fake.mkdir()
     (fake / "vllm").write_text(FAKE_VLLM.format(python=sys.executable))
     (fake / "vllm").chmod(0o755)
     env = dict(c.env, PATH=f"{fake}{os.pathsep}{c.env['PATH']}")
     done = subprocess.run(c.argv, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "[access-log-detect] vllm version='0.32.0'" in done.stdout
-    argv = json.loads(done.stdout.split("ARGV ", 1)[1])
+    return c, done.stdout
+
+
+def test_templates_script_hands_vllm_serve_the_expected_command_line(tmp_path: Path) -> None:
+    """The real ``bash -c`` script, its version detection and ``eval`` included, with a
+    stand-in ``vllm`` first on PATH: what the runtime's ``vllm serve`` will be given."""
+    c, out = run_template_script(tmp_path, "smollm2-lora-cpu")
+    assert "[access-log-detect] vllm version='0.32.0'" in out
+    argv = json.loads(out.split("ARGV ", 1)[1])
     port, tls = str(c.port_map[8000]), tmp_path / "tls"
     modules = [json.dumps({"name": n, "path": str(tmp_path / a)}, separators=(",", ":"))
                for a in ADAPTERS for n in (a, f"publishers/default/models/{a}")]

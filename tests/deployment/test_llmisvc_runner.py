@@ -16,11 +16,9 @@ So the real LoRA run also shows that the plain example starts, passes its probes
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,8 @@ import yaml
 
 from deployment.llmisvc import LORA_MOUNT_ROOT, plan_llmisvc
 from deployment.processes import engine_env
-from tests.deployment.conftest import REPO
-from tests.deployment.test_llmisvc import FAKE_VLLM, _localised, llm
-from tests.support.server import stop_group
+from tests.deployment.conftest import REPO, RUNNER_START_TIMEOUT, serve_runner, stop_runner
+from tests.deployment.test_llmisvc import llm, run_template_script
 
 ADAPTERS = ("attn-a", "mlp-b")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
@@ -40,9 +37,6 @@ SMALL_CACHE = ["--env", "VLLM_CPU_KVCACHE_SPACE=1"]  # little memory to spare he
 # The controller's LoRA flags (deployment/llmisvc.py, lora_args): what LoRA adds to `vllm serve`.
 LORA_FLAGS = ("--enable-lora", "--max-lora-rank", "--max-loras", "--max-cpu-loras",
               "--lora-modules")
-START_TIMEOUT = 420  # the runner's start-up, probes included (measured: docs/deployment.md)
-
-
 def _model_dir() -> str:
     from tests.support.server import DEFAULT_MODEL_DIR
 
@@ -104,15 +98,8 @@ def _served(tmp_path: Path, name: str) -> list[str]:
     ``vllm`` prints it), with the runner's local port read back as the template's 8000."""
     folder = tmp_path / name
     folder.mkdir()
-    c = _localised(folder, name)
-    fake = folder / "bin"
-    fake.mkdir()
-    (fake / "vllm").write_text(FAKE_VLLM.format(python=sys.executable))
-    (fake / "vllm").chmod(0o755)
-    env = dict(c.env, PATH=f"{fake}{os.pathsep}{c.env['PATH']}")
-    done = subprocess.run(c.argv, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    argv = json.loads(done.stdout.split("ARGV ", 1)[1])
+    c, out = run_template_script(folder, name)
+    argv = json.loads(out.split("ARGV ", 1)[1])
     port = str(c.port_map[8000])
     return ["8000" if a == port else a.replace(str(folder), "<dir>") for a in argv]
 
@@ -131,46 +118,16 @@ def test_plain_example_hands_vllm_serve_the_lora_command_minus_its_lora_argument
 
 # ---- the LoRA example for real ----
 
-def _serve(argv: list[str], log: Path,
-           timeout: float = START_TIMEOUT) -> tuple[subprocess.Popen, str]:
-    """Start the runner in serving mode; it and the workload URL once every probe passed
-    (the runner is stopped if that does not happen)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True, env=engine_env())
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log.read_text()
-            if "all probes passed" in text:
-                found = re.search(r"^workload: (https://\S+)$", text, re.M)
-                assert found, text[-4000:]
-                return proc, found.group(1)
-            if proc.poll() is not None:
-                raise AssertionError(f"the runner exited with {proc.returncode}:\n"
-                                     f"{text[-6000:]}")
-            time.sleep(2)
-        raise AssertionError(f"no probes passed in {timeout} s:\n{log.read_text()[-4000:]}")
-    except BaseException:
-        _stop(proc)
-        raise
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    """SIGTERM the runner (it stops its workload and exits), unless it already exited."""
-    return proc.returncode if proc.poll() is not None else stop_group(proc)
-
-
 @pytest.mark.slow
-@pytest.mark.timeout(START_TIMEOUT + 180)  # start-up, then a chat and a listing
+@pytest.mark.timeout(RUNNER_START_TIMEOUT + 180)  # start-up, then a chat and a listing
 def test_lora_example_serves_chat_and_lists_its_adapters(
         lora_adapters: dict[str, Path], tmp_path: Path) -> None:
     storage = [arg for name in ADAPTERS for arg in
                ("--storage", f"s3://example-models/smollm2-adapters/{name}={lora_adapters[name]}")]
     workdir = tmp_path / "run"
-    proc, url = _serve(_runner("--isvc", "llmisvc/smollm2-lora-cpu.yaml", "--model-dir",
-                               _model_dir(), *storage, "--workdir", str(workdir)),
-                       tmp_path / "runner.log")
+    proc, url = serve_runner(_runner("--isvc", "llmisvc/smollm2-lora-cpu.yaml", "--model-dir",
+                                     _model_dir(), *storage, "--workdir", str(workdir)),
+                             tmp_path / "runner.log", "workload", engine_env())
     try:
         _assert_https_probes_passed((tmp_path / "runner.log").read_text())
         log = (workdir / "logs" / "smollm2-lora-kserve.log").read_text()
@@ -187,5 +144,5 @@ def test_lora_example_serves_chat_and_lists_its_adapters(
         expected |= {n for a in ADAPTERS for n in (a, f"publishers/default/models/{a}")}
         assert expected <= names, sorted(names)
     finally:
-        _stop(proc)
+        stop_runner(proc)
     assert proc.returncode in (0, 130), proc.returncode

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,16 @@ import pytest
 
 from deployment.local import LocalDeployment
 from deployment.manifests import ManifestError, plan, storage_locations
-from tests.deployment.conftest import EXAMPLES_DIR, REPO, example, runtimes
+from tests.deployment.conftest import (
+    EXAMPLES_DIR,
+    REPO,
+    RUNNER_START_TIMEOUT,
+    example,
+    runtimes,
+    serve_runner,
+    stop_runner,
+)
 from tests.support.lora import peft_greedy
-from tests.support.server import stop_group
 
 EXAMPLE = EXAMPLES_DIR / "smollm2-lora-cpu.yaml"
 BASE_URI = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -128,43 +134,8 @@ def _peft_reference(model_dir: str, adapters: dict[str, Path]) -> dict[str, list
     return {"base" if name is None else name: ids for name, ids in got.items()}
 
 
-START_TIMEOUT = 420  # the runner's start-up, probes included (measured: docs/deployment.md)
-
-
-def _serve(argv: list[str], log: Path,
-           timeout: float = START_TIMEOUT) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m deployment run`` (serving mode); return it and the predictor URL once
-    it printed "all probes passed" (the runner is stopped if that does not happen)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = log.read_text()
-            if "all probes passed" in text:
-                found = re.search(r"^predictor: (http://\S+)$", text, re.M)
-                assert found, text[-4000:]
-                return proc, found.group(1)
-            if proc.poll() is not None:
-                raise AssertionError(f"the runner exited with {proc.returncode}:\n"
-                                     f"{text[-4000:]}")
-            time.sleep(2)
-        raise AssertionError(f"the runner did not pass its probes in {timeout} s:\n"
-                             f"{log.read_text()[-4000:]}")
-    except BaseException:
-        _stop(proc)
-        raise
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    """SIGTERM the runner (it stops its workload and exits), unless it already exited."""
-    return proc.returncode if proc.poll() is not None else stop_group(proc)
-
-
 @pytest.mark.slow
-@pytest.mark.timeout(START_TIMEOUT + 180)  # peft's reference, start-up, five completions
+@pytest.mark.timeout(RUNNER_START_TIMEOUT + 180)  # peft's reference, start-up, five completions
 def test_example_serves_every_adapter_through_the_runner(
         lora_adapters: dict[str, Path], tmp_path: Path) -> None:
     from tests.support.server import DEFAULT_MODEL_DIR
@@ -176,7 +147,8 @@ def test_example_serves_every_adapter_through_the_runner(
             "--runtime", "servingruntimes/", "--component", "predictor",
             "--storage", f"{BASE_URI}={model_dir}", "--storage", f"{ADAPTERS_URI}={adapters_dir}",
             "--env", "VLLM_CPU_KVCACHE_SPACE=1", "--workdir", str(tmp_path / "run")]
-    proc, url = _serve(argv, tmp_path / "runner.log")
+    proc, url = serve_runner(argv, tmp_path / "runner.log", "predictor",
+                             dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         log = (tmp_path / "runner.log").read_text()
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -198,5 +170,5 @@ def test_example_serves_every_adapter_through_the_runner(
             assert got != base, f"adapter {name} answers like the base model"
             assert got == refs[name], f"adapter {name}: runner {got} != peft {refs[name]}"
     finally:
-        _stop(proc)  # the runner stops its workloads on SIGTERM
+        stop_runner(proc)  # the runner stops its workloads on SIGTERM
     assert proc.returncode in (0, 130), proc.returncode
