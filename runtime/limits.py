@@ -9,6 +9,7 @@ act before a body is parsed).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +65,35 @@ def check(limits: Limits, work: Work) -> None:
                           f"{limits.max_stop_sequences} (--max_stop_sequences)")
 
 
-def check_text(value: Any, where: str = "request") -> None:
-    """Raise ``ClientError`` for strings that are not valid Unicode text.
+# How deep a client's JSON may nest. OpenAI tool and response schemas nest a few tens of
+# levels; Python's JSON decoder and every recursive walk of the value stop near 1000 with a
+# RecursionError (a 500), so the bound is checked first and far below that.
+MAX_JSON_DEPTH = 128
+
+
+def load_json(data: str | bytes, where: str = "request body") -> Any:
+    """Client JSON as a value, or ``ClientError``: malformed, not UTF-8, nested deeper than
+    ``MAX_JSON_DEPTH``, or holding strings that are not valid Unicode. Every route and
+    parameter that carries JSON reads it here, so each is refused the same way."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ClientError(f"the {where} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # includes bytes that are not UTF-8
+        raise ClientError(f"malformed JSON in the {where}: {exc}") from None
+    check_text(value, where)
+    return value
+
+
+def check_text(value: Any, where: str = "request", _depth: int = 0) -> None:
+    """Raise ``ClientError`` for strings that are not valid Unicode text, and for values that
+    nest deeper than ``MAX_JSON_DEPTH``.
 
     JSON may carry unpaired surrogates (``"\\ud800"``); Python decodes them, but the tokenizer
     and the engine's serializer fail on them with a 500. They are the client's error.
     """
+    if _depth >= MAX_JSON_DEPTH:
+        raise ClientError(f"the {where} nests deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -78,8 +102,8 @@ def check_text(value: Any, where: str = "request") -> None:
                               "(an unpaired surrogate)") from None
     elif isinstance(value, dict):
         for k, v in value.items():
-            check_text(k, where)
-            check_text(v, where)
+            check_text(k, where, _depth + 1)
+            check_text(v, where, _depth + 1)
     elif isinstance(value, list | tuple):
         for v in value:
-            check_text(v, where)
+            check_text(v, where, _depth + 1)

@@ -42,7 +42,7 @@ def lora_path_of(parameters: Any) -> str:
     if path is None and config is not None:
         try:
             decoded = json.loads(config) if isinstance(config, str | bytes) else None
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the decoder's limit
             decoded = None
         if not isinstance(decoded, dict):
             raise AdapterError("parameter 'config' must be a JSON object string, e.g. "

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runtime.errors import ClientError
+from runtime.limits import load_json
 
 PARAMETER = "structured_outputs"
 # vLLM's StructuredOutputsParams: exactly one kind, plus its options.
@@ -51,10 +52,7 @@ def decode(value: Any) -> dict[str, Any]:
     bounds; leaves the meaning (is this a valid schema, regex, grammar?) to vLLM's own
     validation, which answers 400 for what it cannot compile."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ClientError(f"parameter '{PARAMETER}' is not valid JSON: {exc.msg}") from None
+        value = load_json(value, f"parameter '{PARAMETER}'")
     if not isinstance(value, dict):
         raise ClientError(f"parameter '{PARAMETER}' must be an object (or a JSON string of "
                           f"one) with one of {', '.join(KINDS[:5])}; got {type(value).__name__}")
@@ -77,11 +75,7 @@ def decode(value: Any) -> dict[str, Any]:
             raise ClientError(f"'{PARAMETER}.json_object' must be true")
     elif kind == "json":
         if isinstance(spec, str):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError as exc:
-                raise ClientError(
-                    f"'{PARAMETER}.json' is not a valid JSON schema: {exc.msg}") from None
+            spec = load_json(spec, f"'{PARAMETER}.json'")
         if not isinstance(spec, dict | bool):
             raise ClientError(f"'{PARAMETER}.json' must be a JSON schema (an object), got "
                               f"{type(spec).__name__}")

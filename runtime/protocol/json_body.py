@@ -1,25 +1,19 @@
 """Reading a JSON request body, the same way on every JSON route.
 
-Why one function: malformed JSON, bodies that are not UTF-8 and strings that are not valid
-Unicode (unpaired surrogates) must be the same 400 on OpenAI, generate and KServe v1.
+Why one function: malformed JSON, bodies that are not UTF-8, JSON nested too deeply and
+strings that are not valid Unicode (unpaired surrogates) must be the same 400 on OpenAI,
+generate, KServe v1 and the repository extension (``runtime.limits.load_json``).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 
-from runtime.errors import ClientError
-from runtime.limits import check_text
+from runtime.limits import load_json
 
 
 async def read_json(request: Request) -> Any:
     """The request body as JSON; ``ClientError`` if it is not."""
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:  # includes bodies that are not UTF-8
-        raise ClientError(f"malformed JSON body: {exc}") from None
-    check_text(body)
-    return body
+    return load_json(await request.body(), "request body")

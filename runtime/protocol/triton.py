@@ -13,7 +13,6 @@ tritonclient's protobuf module cannot be loaded next to KServe's (both define ``
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ClientError
+from runtime.limits import load_json
 
 # Input tensors other than text_input, with their datatype (the backend's config, dims [1]).
 SAMPLING_INPUT = "sampling_parameters"
@@ -129,10 +129,7 @@ def _conflict(name: str, tensor_value: Any, param_value: Any) -> ClientError:
 
 
 def _sampling_json(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise ClientError(f"input '{SAMPLING_INPUT}' is not valid JSON: {exc.msg}") from None
+    value = load_json(text, f"input '{SAMPLING_INPUT}'") if text.strip() else {}
     if not isinstance(value, dict):
         raise ClientError(f"input '{SAMPLING_INPUT}' must be a JSON object of vLLM "
                           f"SamplingParams names, got {type(value).__name__}")

@@ -14,6 +14,13 @@ from tests.runtime.conftest import MODEL, assert_still_serving, v2_body
 pytestmark = pytest.mark.slow
 
 LONG = "hello " * 3000  # ~3000 tokens: longer than the test server's 2048-token context
+# JSON nested far past any decoder's recursion limit (a RecursionError was a 500), and a value
+# past the runtime's bound (runtime.limits.MAX_JSON_DEPTH, 128) as a v2 parameter (KServe
+# refuses a list there itself).
+DEEP = b"[" * 50_000 + b"]" * 50_000
+NESTED = [[[]]]
+for _ in range(140):
+    NESTED = [NESTED]
 
 INFER_CASES = [
     ("malformed json", b"{nope", 400, "malformed JSON"),
@@ -31,6 +38,8 @@ INFER_CASES = [
     ("negative temperature", v2_body(["a"], temperature=-0.5), 400, "temperature"),
     ("prompt longer than context", v2_body([LONG]), 400, "context"),
     ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+    ("deeply nested body", b'{"inputs": ' + DEEP + b"}", 400, "parsing"),  # KServe's own
+    ("deeply nested parameter", v2_body(["a"], stop=NESTED), 400, "parameters.stop"),
 ]
 
 
@@ -73,6 +82,8 @@ GENERATE_CASES = [
      "temperature"),
     ("prompt longer than context", {"text_input": LONG}, 400, "context"),
     ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+    ("deeply nested body", b'{"text_input": "a", "parameters": {"stop": ' + DEEP + b"}}", 400,
+     "nests deeper"),
 ]
 
 
@@ -104,6 +115,7 @@ PREDICT_CASES = [
      "temperature"),
     ("prompt longer than context", {"instances": [LONG]}, 400, "context"),
     ("oversized body", b"{" + b" " * (9 * 1024 * 1024) + b"}", 413, "exceeds"),
+    ("deeply nested body", b'{"instances": ' + DEEP + b"}", 400, "nests deeper"),
 ]
 
 

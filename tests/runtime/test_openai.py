@@ -122,3 +122,8 @@ def test_bad_json_and_oversize(http: httpx.Client) -> None:
     assert r.status_code == 413, r.text
     error = r.json()["error"]
     assert "--max_request_bytes" in error["message"] and error["code"] == 413
+    # JSON nested past the decoder's recursion limit: a 400 in OpenAI's shape (was a 500)
+    r = http.post("/openai/v1/chat/completions", content=b'{"messages": ' + b"[" * 50_000
+                  + b"]" * 50_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nests deeper than 128" in r.json()["error"]["message"]

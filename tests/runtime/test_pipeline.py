@@ -210,3 +210,41 @@ def test_websocket_scope_is_refused() -> None:
     with TestClient(assemble().app) as client, pytest.raises(WebSocketDisconnect):
         with client.websocket_connect("/openai/v1/realtime") as ws:
             ws.receive_text()
+
+
+def nested(depth: int) -> bytes:
+    """A JSON list nested ``depth`` levels deep."""
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("path,template", [
+    ("/v2/models/smollm2/generate", b'{"text_input": "a", "parameters": {"stop": %s}}'),
+    ("/v1/models/smollm2:predict", b'{"instances": %s}'),
+    ("/openai/v1/completions", b'{"model": "smollm2", "prompt": %s}'),
+    ("/v2/repository/models/smollm2/load", b'{"parameters": %s}'),
+    ("/v2/models/smollm2/infer", b'{"inputs": [{"name": "text_input", "datatype": "BYTES", '
+                                 b'"shape": [1], "data": ["a"]}], "parameters": {"stop": %s}}'),
+], ids=["generate", "predict", "openai", "repository", "infer"])
+@pytest.mark.parametrize("depth", [140, 50_000])
+def test_deeply_nested_json_is_a_400_in_shape(path: str, template: bytes, depth: int) -> None:
+    """JSON nested past the decoder's recursion limit (50,000: a RecursionError, once a 500
+    with a traceback) or past the runtime's bound (``MAX_JSON_DEPTH``, 128) is a 400 in the
+    route's shape; v2 infer's body is KServe's to parse and validate (its own 400: parameters
+    are scalars there)."""
+    r = post_bytes(assemble(), path, template % nested(depth), chunked=False)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    message = error["message"] if isinstance(error, dict) else error
+    if path.endswith("/infer"):
+        assert ("parsing the body" if depth > 1000 else "parameters.stop") in message, message
+    else:
+        assert "nests deeper than 128 levels" in message, message
+
+
+def test_nesting_up_to_the_bound_is_accepted() -> None:
+    """128 nested containers pass the bound; 129 are refused."""
+    from runtime.limits import MAX_JSON_DEPTH, load_json
+
+    assert load_json(b'{"a": %s}' % nested(MAX_JSON_DEPTH - 1)) is not None
+    with pytest.raises(Exception, match="nests deeper"):
+        load_json(b'{"a": %s}' % nested(MAX_JSON_DEPTH))

@@ -31,7 +31,7 @@ def test_every_kind_passes_through_unchanged(value: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("value, words", [
-    ("{not json", "not valid JSON"),
+    ("{not json", "malformed JSON"),
     (5, "must be an object"),
     ([], "must be an object"),
     ({}, "exactly one kind"),
@@ -40,7 +40,7 @@ def test_every_kind_passes_through_unchanged(value: dict[str, Any]) -> None:
     ({"choice": "yes"}, "non-empty list"),
     ({"choice": ["a", 1]}, "non-empty list"),
     ({"json": 5}, "must be a JSON schema"),
-    ({"json": "{bad"}, "not a valid JSON schema"),
+    ({"json": "{bad"}, "malformed JSON"),
     ({"json_object": False}, "must be true"),
     ({"regex": ""}, "non-empty string"),
     ({"grammar": 3}, "non-empty string"),

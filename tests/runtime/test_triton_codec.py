@@ -61,7 +61,7 @@ def test_same_setting_both_ways_must_agree() -> None:
     (request(("sampling_parameters", "BYTES", '{"temperature": 0.5}'), temperature=0.0),
      "'temperature' is given twice"),
     (request(("stream", "BOOL", True), stream=False), "'stream' is given twice"),
-    (request(("sampling_parameters", "BYTES", "{nope")), "not valid JSON"),
+    (request(("sampling_parameters", "BYTES", "{nope")), "malformed JSON"),
     (request(("sampling_parameters", "BYTES", "[1]")), "JSON object"),
     (request(("stream", "BYTES", "yes")), "datatype BOOL"),
     (request(("sampling_parameters", "BOOL", True)), "datatype BYTES"),
