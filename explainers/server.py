@@ -186,12 +186,12 @@ def _load_tokenizer(model_dir: str) -> Any:
 
 def _api_key(flag: str | None, file: str | None, name: str, env_var: str) -> ApiKey:
     """``--{name}``, else ``--{name}_file``, else ``$env_var``; errors never show the key."""
-    if flag and file:
-        raise StartupError(f"--{name} and --{name}_file are mutually exclusive")
     try:
-        return ApiKey.from_sources(flag, file, env_var=env_var)
-    except ApiKeyError as exc:
-        raise StartupError(f"--{name}_file: {exc}") from None
+        return ApiKey.from_sources(flag, file, env_var=env_var, name=name)
+    except ApiKeyError as exc:  # a message without the flag is about the file's content
+        message = str(exc)
+        raise StartupError(message if message.startswith(("--", "$"))
+                           else f"--{name}_file: {message}") from None
 
 
 def build_explainer(args: argparse.Namespace) -> tuple[Explainer, ApiKey]:

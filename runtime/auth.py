@@ -5,6 +5,10 @@ Why one class for the predictor and the explainer: the key can come from ``--api
 Secret changes in place when it is rotated, so the file is re-read whenever its identity
 (inode, size, modification time) changes: a rotated key takes effect without a restart.
 The key never appears in a repr, a log line or an error message.
+
+Keys fail closed: an empty ``--api_key``, ``--api_key_file`` or ``$API_KEY`` refuses to start
+(a Secret that came out empty must not leave the server open), and a key file that
+disappears or empties refuses every request (401) until a key is back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ApiKey:
             raise ApiKeyError("give the API key either directly or as a file, not both")
         self._file = file
         self._value = value.encode() if value else None
+        self._refuse_all = False  # the key file is gone or empty: nothing is accepted
         self._stamp: tuple[int, int, int] | None = None
         self._lock = threading.Lock()  # gRPC handlers may run on worker threads
         if file:
@@ -49,17 +54,19 @@ class ApiKey:
 
     @classmethod
     def from_sources(cls, flag: str | None, file: str | None,
-                     env_var: str = "API_KEY") -> ApiKey:
-        """The flag, else the file, else ``$env_var``; none of them: no key."""
+                     env_var: str = "API_KEY", name: str = "api_key") -> ApiKey:
+        """``--{name}``, else ``--{name}_file``, else ``$env_var``; none of them: no key. One
+        given but empty is an error, not "no key" (fail closed)."""
+        check_not_empty(flag, file, env_var, name)
         if flag and file:
-            raise ApiKeyError("--api_key and --api_key_file are mutually exclusive")
+            raise ApiKeyError(f"--{name} and --{name}_file are mutually exclusive")
         if file:
             return cls(file=file)
         return cls(value=flag or os.environ.get(env_var) or None)
 
     @property
     def enabled(self) -> bool:
-        return self._value is not None
+        return self._file is not None or self._value is not None
 
     def _identity(self) -> tuple[int, int, int] | None:
         assert self._file is not None
@@ -70,18 +77,28 @@ class ApiKey:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def current(self) -> bytes | None:
-        """The key in force now; a changed file is re-read (a broken one keeps the old key)."""
+        """The key in force now; a changed file is re-read. A file that is gone or empty
+        leaves no key in force and every request refused, until it holds a key again."""
         if self._file is None:
             return self._value
         stamp = self._identity()
-        if stamp is not None and stamp != self._stamp:
+        if stamp != self._stamp:
             with self._lock:
                 if stamp != self._stamp:
                     try:
+                        if stamp is None:
+                            raise ApiKeyError(f"the API key file {self._file} is gone")
                         self._value = _read(self._file)
-                        logger.info("API key file changed: new key in force")
+                        if self._refuse_all:
+                            logger.warning("API key file holds a key again: requests with it "
+                                           "are accepted")
+                        else:
+                            logger.info("API key file changed: new key in force")
+                        self._refuse_all = False
                     except ApiKeyError as exc:
-                        logger.warning("%s; the previous key stays in force", exc)
+                        logger.warning("%s; every request is refused (401) until it holds a "
+                                       "key", exc)
+                        self._value, self._refuse_all = None, True
                     self._stamp = stamp
         return self._value
 
@@ -89,6 +106,8 @@ class ApiKey:
         """Whether an ``Authorization`` header value carries the key (always true when no key
         is set)."""
         key = self.current()
+        if self._refuse_all:
+            return False
         if key is None:
             return True
         if authorization is None:
@@ -106,6 +125,20 @@ class ApiKey:
     def __repr__(self) -> str:
         source = "file" if self._file else "value" if self._value else "none"
         return f"ApiKey(source={source}, key=<hidden>)"
+
+
+def check_not_empty(flag: str | None, file: str | None, env_var: str = "API_KEY",
+                    name: str = "api_key") -> None:
+    """``ApiKeyError`` if a key source is given but empty: the flag, the file's name, or the
+    environment variable when it is the source (no flag, no file)."""
+    if flag is not None and not flag.strip():
+        raise ApiKeyError(f"--{name} is empty: give the key, or leave the flag out")
+    if file is not None and not file.strip():
+        raise ApiKeyError(f"--{name}_file is empty: give the key file's path, or leave the "
+                          "flag out")
+    env = os.environ.get(env_var)
+    if flag is None and file is None and env is not None and not env.strip():
+        raise ApiKeyError(f"${env_var} is set but empty: set the key, or unset the variable")
 
 
 SECRET_FLAGS = ("--api_key", "--api-key", "--predictor_api_key", "--predictor-api-key")

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from pydantic import SecretStr
 
+from runtime.auth import ApiKeyError, check_not_empty
 from runtime.limits import Limits
 from runtime.settings import RuntimeSettings
 
@@ -180,6 +181,10 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
 
         print(engine_help())
         raise SystemExit(0)
+    try:  # keys fail closed: a source given but empty is an error, not "no key"
+        check_not_empty(args.api_key, args.api_key_file)
+    except ApiKeyError as exc:
+        parser.error(str(exc))
     if args.api_key and args.api_key_file:
         parser.error("--api_key and --api_key_file are mutually exclusive")
     if args.max_adapters < 0:

@@ -42,9 +42,36 @@ def test_file_rotation(tmp_path: Path) -> None:
     path.write_text("second-key\n")
     os.utime(path, ns=(1, 1))  # a different identity even within one clock tick
     assert key.accepts("Bearer second-key") and not key.accepts("Bearer first")
-    path.write_text("")  # a broken rotation keeps the key in force
+    path.write_text("")  # an emptied file: fail closed, every request refused
     os.utime(path, ns=(2, 2))
-    assert key.accepts("Bearer second-key")
+    assert not key.accepts("Bearer second-key") and not key.accepts(None)
+    assert not key.accepts("Bearer ")  # not even an empty token for an empty file
+    path.write_text("third\n")
+    os.utime(path, ns=(3, 3))
+    assert key.accepts("Bearer third")
+    path.unlink()  # a file that disappears: the same
+    assert not key.accepts("Bearer third") and not key.accepts(None)
+    assert key.enabled and key.header() == {}
+    path.write_text("third\n")
+    assert key.accepts("Bearer third")
+
+
+@pytest.mark.parametrize("flag,file,env,needle", [
+    ("", None, None, "--api_key is empty"),
+    ("  ", None, None, "--api_key is empty"),
+    (None, "", None, "--api_key_file is empty"),
+    (None, None, "", "$API_KEY is set but empty"),
+])
+def test_an_empty_key_source_refuses_to_start(monkeypatch: pytest.MonkeyPatch, flag: str | None,
+                                              file: str | None, env: str | None,
+                                              needle: str) -> None:
+    """Fail closed: a key source that is given but empty is an error, never "no key"."""
+    monkeypatch.delenv("API_KEY", raising=False)
+    if env is not None:
+        monkeypatch.setenv("API_KEY", env)
+    with pytest.raises(ApiKeyError) as err:
+        ApiKey.from_sources(flag, file)
+    assert needle in str(err.value)
 
 
 def test_missing_or_empty_file_is_refused(tmp_path: Path) -> None:

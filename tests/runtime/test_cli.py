@@ -63,3 +63,22 @@ def test_help_engine_lists_vllm_engine_arguments() -> None:
                  "--served-model-name"):
         assert flag in done.stdout, flag
     assert "--max_request_bytes" not in done.stdout  # vLLM's arguments, not the runtime's
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--api_key="], None, "--api_key is empty"),
+    (["--api_key_file="], None, "--api_key_file is empty"),
+    ([], "", "$API_KEY is set but empty"),
+])
+def test_an_empty_key_refuses_to_start(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str], argv: list[str],
+                                       env: str | None, needle: str) -> None:
+    """Keys fail closed: ``--api_key=``, ``--api_key_file=`` or an empty ``$API_KEY`` is a
+    usage error (exit 2) naming the source, not a server without a key."""
+    monkeypatch.delenv("API_KEY", raising=False)
+    if env is not None:
+        monkeypatch.setenv("API_KEY", env)
+    with pytest.raises(SystemExit) as done:
+        cli.parse(["--model_name=m", f"--model_dir={tmp_path}", *argv])
+    assert done.value.code == 2
+    assert needle in capsys.readouterr().err

@@ -237,10 +237,21 @@ def test_key_file_rotation_takes_effect_without_restart(guarded, key_file: Path)
         key_file.write_text("rotated-key\n")
         assert httpx.post(url, json=body, headers=new, timeout=60).status_code == 200
         assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 401
+        # Fail closed: a key file that disappears or empties refuses every request (the
+        # key in force before included) until it holds a key again; probes stay open.
+        key_file.unlink()
+        assert httpx.post(url, json=body, headers=new, timeout=60).status_code == 401
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        assert httpx.get(guarded.url + "/v2/health/ready", timeout=10).status_code == 200
+        key_file.write_text("")
+        assert httpx.post(url, json=body, headers=new, timeout=60).status_code == 401
+        assert httpx.post(url, json=body, headers={"authorization": "Bearer"},
+                          timeout=60).status_code == 401
     finally:
         key_file.write_text(KEY + "\n")
     assert httpx.post(url, json=body, headers=AUTH, timeout=60).status_code == 200
     assert "rotated-key" not in guarded.log() and KEY not in guarded.log()
+    assert "every request is refused (401)" in guarded.log()
 
 
 def _in_flight(url: str) -> float:
