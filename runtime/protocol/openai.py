@@ -23,10 +23,11 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
 
     async def serve(kind: str, request: Request) -> Response:
         typed = engine.openai_parse(kind, await read_json(request))
-        model = pipeline.resolve(engine.openai_model(typed))
+        requested = engine.openai_model(typed)
         call = getattr(request.state, "call", None)
-        if call is not None:
-            call.model = pipeline.label(model)
+        if call is not None:  # labelled before resolving: an unknown name counts as _other
+            call.model = pipeline.label(requested)
+        model = pipeline.resolve(requested)
         pipeline.admit(engine.openai_work(kind, typed, pipeline.limits))
         return await engine.openai_respond(kind, typed, request)
 

@@ -126,6 +126,12 @@ def test_unknown_models_share_one_label_and_are_counted_once() -> None:
         assert r.status_code == 404 and name in r.json()["error"]
     assert requests_total(model="_other") - before == 3
     assert requests_total(model="x1") == 0
+    before_openai = requests_total(model="_other", protocol="openai")
+    base = requests_total(model="smollm2", protocol="openai")
+    r = send(assembled, "POST", "/openai/v1/chat/completions", {**CHAT, "model": "x4"})
+    assert r.status_code == 404, r.text
+    assert requests_total(model="_other", protocol="openai") - before_openai == 1
+    assert requests_total(model="smollm2", protocol="openai") == base  # not the base model's
     before = requests_total(protocol="v2-generate")
     send(assembled, "POST", "/v2/models/smollm2/generate", {"text_input": "a"})
     assert requests_total(protocol="v2-generate") - before == 1

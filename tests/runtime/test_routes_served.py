@@ -78,9 +78,15 @@ def test_unknown_model_names_create_no_series(http: httpx.Client) -> None:
         for path in (f"/v2/models/{name}/generate", f"/v2/models/{name}/infer"):
             r = http.post(path, json={"text_input": "hi"})
             assert r.status_code == 404 and name in r.json()["error"], r.text
+        # OpenAI names the model in the body: the same one label (it was counted under the
+        # base model before the runtime labelled the call from the body)
+        r = http.post("/openai/v1/completions", json={"model": name, "prompt": "hi"})
+        assert r.status_code == 404 and name in r.json()["error"]["message"], r.text
     after = _series(http)
     assert not any(name in after for name in names)
-    assert _count(after, model="_other") - _count(before, model="_other") == 6
+    assert _count(after, model="_other") - _count(before, model="_other") == 9
+    assert _count(after, model="_other", protocol="openai", outcome="client_error") - \
+        _count(before, model="_other", protocol="openai", outcome="client_error") == 3
 
 
 def _hang_up_stream(url: str) -> None:
