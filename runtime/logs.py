@@ -55,11 +55,25 @@ class ExpectedErrorFilter(logging.Filter):
         return True
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)} | {
+    ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+class OneLineFormatter(logging.Formatter):
+    """Escapes control characters in a record's message, so that a client's value in it (a
+    decoded path with ``%0a``, a model name, an error text) cannot start a forged log line.
+    A traceback, appended after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = record.message.translate(_CONTROL)
+        return super().formatMessage(record)
+
+
 def configure(level: int = logging.INFO) -> None:
     """Root logging with the request id in every line (handlers added later get the filter
     through the root logger's handler)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(OneLineFormatter(FORMAT))
     handler.addFilter(RequestIdFilter())
     handler.addFilter(ExpectedErrorFilter())
     root = logging.getLogger()

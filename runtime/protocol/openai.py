@@ -27,7 +27,7 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
         call = getattr(request.state, "call", None)
         if call is not None:  # labelled before resolving: an unknown name counts as _other
             call.model = pipeline.label(requested)
-        model = pipeline.resolve(requested)
+        pipeline.resolve(requested)  # ModelNotFoundError for a name not served
         pipeline.admit(engine.openai_work(kind, typed, pipeline.limits))
         return await engine.openai_respond(kind, typed, request)
 

@@ -160,3 +160,14 @@ def test_websocket_is_refused(predictor: ServerProcess, http: httpx.Client) -> N
             pass
     assert err.value.response.status_code == 403
     assert_still_serving(http)
+
+
+def test_a_newline_in_a_path_cannot_forge_a_log_line(predictor, http: httpx.Client) -> None:
+    """The decoded path of a request is logged with control characters escaped: ``%0a`` in
+    a model name stays on the request's own line (security review, finding 8)."""
+    marker = f"FORGED-{uuid.uuid4().hex[:8]}"
+    r = http.post(f"/v2/models/x%0a{marker}%0d/generate", json={"text_input": "hi"})
+    assert r.status_code == 404, r.text
+    log = predictor.log()
+    assert f"x\\n{marker}\\r" in log, log[-2000:]
+    assert not any(line.startswith(marker) for line in log.splitlines())
