@@ -79,8 +79,9 @@ def _client_errors() -> Any:
         yield
     except VLLMValidationError as exc:
         raise ClientError(str(exc)) from None
-    except EngineDeadError as exc:
-        raise EngineUnavailableError(f"engine died: {exc}") from None
+    except EngineDeadError as exc:  # its text is the engine's internals: logged, not sent
+        logger.error("engine died: %s", exc)
+        raise EngineUnavailableError("engine died") from None
 
 
 class VLLMEngine(Engine):

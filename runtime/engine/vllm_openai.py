@@ -81,7 +81,11 @@ def parse(kind: str, body: Any) -> Any:
     except VLLMValidationError as exc:
         raise ClientError(str(exc)) from None
     except Exception as exc:  # vLLM's "before" validators may fail on any untrusted shape
-        raise ClientError(f"invalid request: {type(exc).__name__}: {exc}") from None
+        # Not a validation message but an exception from inside a validator (TypeError,
+        # KeyError, ...): its text describes vLLM's code, not the request. Logged, not sent.
+        logger.info("request refused by a validator: %s: %s", type(exc).__name__, exc)
+        raise ClientError(f"invalid request: a field has the wrong shape or type "
+                          f"({type(exc).__name__} in validation)") from None
     if kind in ("chat", "completion"):
         vllm_tools.check(request)
     return request

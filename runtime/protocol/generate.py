@@ -107,7 +107,8 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
             if call is not None:
                 call.outcome = "server_error"
             logger.exception("generate_stream failed mid-stream")
-            yield f"data: {json.dumps({'error': f'internal error: {exc}'})}\n\n"
+            # the type only: an exception's text may carry internal detail (logged above)
+            yield f"data: {json.dumps({'error': f'internal error: {type(exc).__name__}'})}\n\n"
         finally:
             close = getattr(deltas, "aclose", None)
             if close is not None:

@@ -254,3 +254,26 @@ def test_nesting_up_to_the_bound_is_accepted() -> None:
     assert load_json(b'{"a": %s}' % nested(MAX_JSON_DEPTH - 1)) is not None
     with pytest.raises(Exception, match="nests deeper"):
         load_json(b'{"a": %s}' % nested(MAX_JSON_DEPTH))
+
+
+def test_a_fault_mid_stream_is_an_error_event_without_its_text() -> None:
+    """generate_stream after its 200: a server fault ends the stream with an error event
+    naming the kind of failure, not the exception's text; counted as a server error."""
+    from tests.support.fake_engine import FakeEngine
+
+    class Failing(FakeEngine):
+        async def stream(self, request: Any) -> Any:
+            async def pieces() -> Any:
+                yield (await anext(await FakeEngine.stream(self, request)))
+                raise RuntimeError("socket /var/run/secret-internal closed")
+
+            return pieces()
+
+    assembled = assemble(engine=Failing())
+    before = requests_total(protocol="v2-generate", outcome="server_error")
+    r = send(assembled, "POST", "/v2/models/smollm2/generate_stream", {"text_input": "a b c"})
+    assert r.status_code == 200
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == {"error": "internal error: RuntimeError"}, events
+    assert "secret" not in r.text
+    assert requests_total(protocol="v2-generate", outcome="server_error") - before == 1

@@ -27,3 +27,22 @@ def test_asks_prompt_logprobs_as_vllm_decides(kind: str, body: dict, asks: bool)
     request = vllm_openai.parse(kind, body)
     assert vllm_openai.asks_prompt_logprobs(kind, request) is asks
     assert (request.to_sampling_params(16, {}).prompt_logprobs is not None) is asks
+
+
+def test_an_exception_inside_a_validator_is_a_400_without_its_text(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's "before" validators can raise anything on an untrusted shape; the client gets a
+    400 that names the kind of failure, not the exception's text (vLLM's internals)."""
+    from runtime.errors import ClientError
+
+    class Exploding:
+        def validate_python(self, body: object) -> object:
+            raise TypeError("'NoneType' object is not subscriptable in /srv/vllm/secret.py")
+
+    endpoint = vllm_openai.ENDPOINTS["chat"]
+    monkeypatch.setitem(vllm_openai.ENDPOINTS, "chat",
+                        type(endpoint)(**{**vars(endpoint), "adapter": Exploding()}))
+    with pytest.raises(ClientError) as err:
+        vllm_openai.parse("chat", {"model": "m", "messages": []})
+    assert "TypeError" in err.value.message and "secret" not in err.value.message
+    assert "subscriptable" not in err.value.message
