@@ -73,12 +73,23 @@ def test_only_loopback_and_a_pid(soak: ModuleType) -> None:
     assert soak.parse_args(["--start"]).pid is None
 
 
+def _exec_done(pid: int) -> bool:
+    try:
+        children = psutil.Process(pid).children()
+        return bool(children) and children[0].cmdline()[:1] == ["sleep"] \
+            and children[0].memory_info().rss > 0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+        return False
+
+
 def test_sample_counts_descendants(soak: ModuleType) -> None:
     """A shell with a child: the child's RSS and FDs are in the totals, not in the root's."""
     proc = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
     try:
+        # Wait until the child is `sleep` itself: between fork and exec, /proc may refuse to
+        # show it (AccessDenied mid-exec, skipped by the sampler), which failed one CI run.
         deadline = time.monotonic() + 10
-        while not psutil.Process(proc.pid).children() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not _exec_done(proc.pid):
             time.sleep(0.05)
         sample = soak.sample_process(proc.pid)
     finally:
