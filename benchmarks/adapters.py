@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from benchmarks.cli import add_load_flags, execute
-from benchmarks.clients import Target
+from benchmarks.clients import Target, bearer
 from benchmarks.compare import fmt_ci
 from benchmarks.servers import runtime_server, server_info
 from deployment.processes import free_port
@@ -58,15 +58,11 @@ def lora_args(adapters: dict[str, Path]) -> list[str]:
             "--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
 
 
-def _auth(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 def greedy_answers(url: str, names: list[str], max_tokens: int = 16,
                    api_key: str | None = None) -> dict[str, str]:
     """One greedy completion of :data:`CHECK_PROMPT` per served name."""
     out = {}
-    with httpx.Client(base_url=url, timeout=300, headers=_auth(api_key)) as client:
+    with httpx.Client(base_url=url, timeout=300, headers=bearer(api_key)) as client:
         for name in names:
             r = client.post("/openai/v1/completions", json={
                 "model": name, "prompt": CHECK_PROMPT, "max_tokens": max_tokens,
@@ -79,7 +75,7 @@ def greedy_answers(url: str, names: list[str], max_tokens: int = 16,
 def served_adapters(url: str, base: str, api_key: str | None = None) -> list[str]:
     """The LoRA adapters a running server serves on top of ``base``: the cards of its
     ``/openai/v1/models`` whose ``parent`` is ``base`` (vLLM's model cards), in its order."""
-    r = httpx.get(f"{url}/openai/v1/models", headers=_auth(api_key), timeout=30)
+    r = httpx.get(f"{url}/openai/v1/models", headers=bearer(api_key), timeout=30)
     if r.status_code != 200:
         raise SystemExit(f"{url}/openai/v1/models answered {r.status_code}: {r.text[:300]}")
     return [card["id"] for card in r.json().get("data") or ()

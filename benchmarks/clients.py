@@ -42,6 +42,12 @@ BASELINE_EQUIVALENT = {
 MODEL_ORDERS = ("round-robin", "random")
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The ``Authorization`` header for a runtime's ``--api_key`` (none without a key): one
+    place for every HTTP request the benchmark tools send."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 @dataclass
 class Target:
     """A server under test: its name, HTTP root, OpenAI prefix, model and gRPC address.
@@ -67,7 +73,7 @@ class Target:
 
     def headers(self) -> dict[str, str]:
         """HTTP headers every request to this target carries (the key, if any)."""
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return bearer(self.api_key)
 
     def grpc_metadata(self) -> dict[str, str] | None:
         """gRPC metadata every call to this target carries (None without a key)."""

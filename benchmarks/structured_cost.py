@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from benchmarks.clients import bearer
+
 SCHEMA: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "required": ["city", "celsius", "summary"],
@@ -93,8 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--answers", type=Path, default=None, metavar="FILE",
                    help="write every answer (phase, constrained or not, tokens, text) as JSONL")
     args = p.parse_args(argv)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    with httpx.Client(base_url=args.url, timeout=600, headers=headers) as client:
+    with httpx.Client(base_url=args.url, timeout=600, headers=bearer(args.api_key)) as client:
         s = Session(client, args.model)
         s.latency("warm-up", SCHEMA)  # warm: the constrained path and its grammar
         plain_tokens, plain_s = s.load("unconstrained", args, None)
