@@ -67,3 +67,15 @@ def test_operator_routes_without_a_key_refuse_to_start(model_dir: str) -> None:
     assert out.returncode == 2, out.stderr[-2000:]
     assert "--enable_operator_routes requires an API key" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_empty_key_secret_refuses_to_start(model_dir: str) -> None:
+    """Keys fail closed in the real process: ``$API_KEY`` set from a Secret that came out
+    empty is an exit 2 naming it, before any engine, never a server without a key."""
+    out = subprocess.run(runtime_command(
+        model_dir=model_dir, http_port=free_port(), grpc_port=free_port()),
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "API_KEY": ""})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "$API_KEY is set but empty" in out.stderr
+    assert "Traceback" not in out.stderr
