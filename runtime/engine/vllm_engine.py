@@ -37,6 +37,7 @@ from runtime.engine.vllm_args import (  # noqa: F401 - engine_parser: re-exporte
     parse_engine_args,
 )
 from runtime.engine.vllm_client import InstrumentedEngineClient, build_engine_client
+from runtime.engine.vllm_stream import ObjectStreamingCompletion, object_streaming
 from runtime.errors import ClientError, EngineUnavailableError, ServerError, from_status
 from runtime.limits import Limits, Work
 from runtime.settings import RuntimeSettings
@@ -98,6 +99,7 @@ class VLLMEngine(Engine):
         self._stats_task: asyncio.Task[None] | None = None
         self.supported_tasks: tuple[str, ...] = ()
         self._lora_on_cpu = bool(self.args.enable_lora) and current_platform.is_cpu()
+        self._object_stream: ObjectStreamingCompletion | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -126,6 +128,8 @@ class VLLMEngine(Engine):
         app.state.server = types.SimpleNamespace(should_exit=False)
         self.openai_app = app
         self.supported_tasks = tuple(tasks)
+        if "generate" in tasks:
+            self._object_stream = object_streaming(app.state.openai_serving_completion)
         # What vLLM's own lifespan does, which does not run for a mounted app (docs/platform-notes.md).
         freeze_gc_heap()
         if not self.args.disable_log_stats:
@@ -211,8 +215,11 @@ class VLLMEngine(Engine):
             params = {**params,
                       structured.PARAMETER: structured.decode(params[structured.PARAMETER])}
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
-        # Token ids per choice (and per streamed chunk) give exact per-prompt token counts.
-        base = {"model": model or self.model_name, **params, **extra, "return_token_ids": True}
+        # Token ids per choice give exact per-prompt token counts where the answer is vLLM's
+        # JSON (a batch, a chat stream); a streamed completion is read as objects and counts
+        # the engine's outputs instead (runtime.engine.vllm_stream).
+        ids = {} if stream and not chat else {"return_token_ids": True}
+        base = {"model": model or self.model_name, **params, **extra, **ids}
         if chat:
             if "logprobs" in params:  # SamplingParams' name -> the chat API's two fields
                 base |= {"logprobs": True, "top_logprobs": params["logprobs"]}
@@ -270,12 +277,14 @@ class VLLMEngine(Engine):
         if request.prompts != 1:
             raise ClientError("streaming takes exactly one prompt")
         with _client_errors():
-            if request.chat:
-                gen = await state.openai_serving_chat.create_chat_completion(request.items[0])
-            else:
-                gen = await state.openai_serving_completion.create_completion(request.items[0])
+            if not request.chat:  # read as objects: no SSE text to parse back
+                assert self._object_stream is not None  # set with "generate" (_state)
+                pieces = await self._object_stream.create_completion(request.items[0])
+                self._raise_error(pieces)
+                return pieces
+            gen = await state.openai_serving_chat.create_chat_completion(request.items[0])
         self._raise_error(gen)
-        return self._deltas(gen, request.chat)
+        return self._deltas(gen)
 
     # ---- OpenAI: vLLM's request objects and handlers (runtime.engine.vllm_openai) ----
 
@@ -303,7 +312,9 @@ class VLLMEngine(Engine):
         return await vllm_openai.list_models(
             self.openai_app.state if self.openai_app is not None else None)
 
-    async def _deltas(self, sse: AsyncIterator[str], chat: bool) -> AsyncGenerator[Delta, None]:
+    async def _deltas(self, sse: AsyncIterator[str]) -> AsyncGenerator[Delta, None]:
+        """A chat stream's pieces, from vLLM's SSE chunks: the chat formatter (tool-call and
+        reasoning parsers) is vLLM's, so its output is read back here."""
         finish: str | None = None
         tokens = 0  # generated since the last yielded piece
         cumulative: float | None = None
@@ -320,12 +331,12 @@ class VLLMEngine(Engine):
                 if obj.get("prompt_token_ids") is not None:  # chat: on the first chunk
                     prompt_tokens = len(obj["prompt_token_ids"])
                 for ch in obj.get("choices") or ():
-                    text = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+                    text = (ch.get("delta") or {}).get("content")
                     finish = ch.get("finish_reason") or finish
                     tokens += len(ch.get("token_ids") or ())
                     if ch.get("prompt_token_ids") is not None:
                         prompt_tokens = len(ch["prompt_token_ids"])
-                    logprobs = _chunk_logprobs(ch.get("logprobs"), chat)
+                    logprobs = _chunk_logprobs(ch.get("logprobs"))
                     if logprobs is not None:
                         cumulative = (cumulative or 0.0) + _logprob_sum(logprobs)
                     if text:
@@ -348,13 +359,11 @@ def _logprob_sum(values: Any) -> float:
     return float(sum(v for v in values if v is not None))
 
 
-def _chunk_logprobs(logprobs: Any, chat: bool) -> list[float] | None:
-    """The sampled tokens' logprobs of one streamed chunk (completions or chat shape)."""
+def _chunk_logprobs(logprobs: Any) -> list[float] | None:
+    """The sampled tokens' logprobs of one streamed chat chunk."""
     if not logprobs:
         return None
-    if chat:
-        return [item.get("logprob") for item in logprobs.get("content") or ()]
-    return list(logprobs.get("token_logprobs") or ())
+    return [item.get("logprob") for item in logprobs.get("content") or ()]
 
 
 def raw_client(engine: VLLMEngine) -> EngineClient:
