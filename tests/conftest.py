@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from deployment.processes import ChildProcess
 from runtime.engine.vllm_ledger import FORBID_ENV, LEDGER_ENV
 from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
 
@@ -235,6 +236,20 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             funcargs[server].stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    """A failed test's report carries the log tail of every server it used (as vLLM's test
+    fixture dumps its server's log): a shared server's log is otherwise never shown, and the
+    server's side of a failure (a refused connection, a 500) is only in it."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, ChildProcess):
+                report.sections.append((f"server log: {name}", value.log_tail(80)))
+    return report
+
+
 # ---------------------------------------------------------------- the engine ledger
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -299,7 +314,6 @@ def _fast_tier_starts_no_engine(request: pytest.FixtureRequest,
     if request.node.get_closest_marker("slow") is not None:
         yield
         return
-    from deployment.processes import ChildProcess
 
     start = ChildProcess.start
 
