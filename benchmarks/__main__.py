@@ -1,11 +1,13 @@
-"""``python -m benchmarks {run,compare,side-by-side,adapters,startup}``.
+"""``python -m benchmarks {run,compare,side-by-side,adapters,startup,frontend-cpu}``.
 
 Why subcommands: ``run`` drives servers that are already up (a cluster, a port-forward);
 ``side-by-side`` starts this runtime and plain vLLM itself for a like-for-like comparison;
 ``compare`` recomputes the overhead table from finished runs; ``adapters`` starts one runtime
 with LoRA adapters (or drives one already running, ``--url``) and compares traffic spread over
 them with the base model alone;
-``startup`` times each server's start alone, alternately, several times.
+``startup`` times each server's start alone, alternately, several times;
+``frontend-cpu`` measures the serving process's own CPU per 1000 streamed tokens, per
+protocol, against plain vLLM's API server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import adapters, cli, sidebyside, startup
+from benchmarks import adapters, cli, frontend_cpu, sidebyside, startup
 from benchmarks.compare import compare_points, comparison_markdown
 from deployment.processes import stop_on_sigterm
 
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     startup.add_flags(sub.add_parser(
         "startup", help="time to ready: this runtime against plain vLLM, alternating starts",
         description="Engine arguments for both servers go after `--`."))
+    frontend_cpu.add_flags(sub.add_parser(
+        "frontend-cpu", help="the server process's own CPU per 1000 streamed tokens, per "
+        "protocol, against plain vLLM's", description="Engine arguments for both servers go "
+        "after `--` (default: " + " ".join(frontend_cpu.DEFAULT_ENGINE_ARGS) + ")."))
     c = sub.add_parser("compare", help="overhead table from finished runs")
     c.add_argument("runs", nargs="+", help="run directories (with run.json)")
     c.add_argument("--target", default="runtime")
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return adapters.cmd_adapters(args, engine_args)
     if args.command == "startup":
         return startup.cmd_startup(args, engine_args)
+    if args.command == "frontend-cpu":
+        return frontend_cpu.cmd_frontend_cpu(args, engine_args)
     return cmd_compare(args)
 
 
