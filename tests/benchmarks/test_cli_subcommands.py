@@ -1,11 +1,11 @@
 """``python -m benchmarks run`` / ``compare`` and ``python -m benchmarks.profile`` as a user
 types them, against the scripted in-process echo server of ``test_models.py`` (fast tier).
 
-README, "Benchmarks": "`python -m benchmarks` (`run`, `compare`, ...) ... closed or open loop
-... writes `run.json`, `requests.jsonl`, `summary.csv`, `summary.md` and plots", and the profiles
-of docs/benchmarks.md. The CLI runs in a subprocess; the echo server runs on this process's
-event loop meanwhile and timestamps every request it receives, so the open loop's spacing is
-measured where it matters, at the server. No model server, no engine.
+docs/benchmarks.md: "`python -m benchmarks` ... closed or open loop", its output files
+(`run.json`, `requests.jsonl`, `summary.csv`, `summary.md` and plots), and its profiles. The CLI
+runs in a subprocess; the echo server runs on this process's event loop meanwhile and timestamps
+every request it receives, so the open loop's spacing is measured where it matters, at the
+server. No model server, no engine.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The explainer's documented defaults, read from its real command line (fast tier).
 
-README, "The explainer": ``--max_instances`` 8, ``--max_features`` 1024, ``--max_prompt_tokens``
-2048 (each error names its flag) and integrated gradients in chunks of at most
-``--ig_batch_tokens`` (1024) tokens. The explainer is built with ``build_explainer`` from the
-arguments KServe passes and nothing else, so a changed default shows up here. No predictor is
+docs/explainer.md, "Running it": ``--max_instances`` 8, ``--max_features`` 1024,
+``--max_prompt_tokens`` 2048 (each error names its flag) and integrated gradients in chunks of
+at most ``--ig_batch_tokens`` (1024) tokens. The explainer is built with ``build_explainer`` from
+the arguments KServe passes and nothing else, so a changed default shows up here. No predictor is
 involved: its client is replaced by a stub that stops the request where it would first be
 called, which proves every limit check before it let the request through.
 """

@@ -26,8 +26,8 @@ MAX_TOKENS_CAP = 8  # output tokens per generated request: keeps one case well u
 N_CAP = 2  # choices / beams per generated request
 SURROGATES = ("\ud800", "\udbff", "\udc00", "\udfff")  # unpaired: valid JSON escapes, not UTF-8
 
-# Every sampling parameter the runtime documents for v2 and generate (README "v2 tensor and
-# parameter contract"), and the OpenAI-only ones.
+# Every sampling parameter the runtime documents for v2 and generate (docs/reference.md, "The
+# v2 tensor and parameter contract"), and the OpenAI-only ones.
 V2_PARAMETERS = (
     "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "stop",
     "stop_token_ids", "seed", "presence_penalty", "frequency_penalty", "repetition_penalty",

@@ -1,9 +1,9 @@
-"""Unit tier: README claims about the command line, read from the real parsers (no server, no
-engine): the documented defaults, the collision table of ``python -m runtime --help``, and that
-vLLM's own gRPC server is never asked for.
+"""Unit tier: docs/operations.md's claims about the command line, read from the real parsers (no
+server, no engine): the documented defaults, the collision table of ``python -m runtime --help``,
+and that vLLM's own gRPC server is never asked for.
 
-Every expected value below is the README's literal, never the module's constant, so a changed
-default fails here until the README changes with it.
+Every expected value below is the literal of docs/operations.md, never the module's constant, so
+a changed default fails here until docs/operations.md changes with it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.support.server import REPO
 
 MIB = 1024 * 1024
 
-# README, "Running the predictor" and "Operations": flag -> documented default.
+# docs/operations.md, "Running the predictor" and its flag table: flag -> documented default.
 DOCUMENTED = {
     "max_request_bytes": 8 * MIB,       # "--max_request_bytes (default 8 MiB ...)"
     "health_check_interval": 1.0,       # "--health_check_interval (default 1 s)"
@@ -77,7 +77,8 @@ def test_serve_mode_listener_defaults(tmp_path: Path) -> None:
     assert (settings.http_port, settings.enable_grpc) == (8000, False)
 
 
-# README's collision table, row by row: what `python -m runtime --help` must say for each.
+# docs/operations.md's collision table, row by row: what `python -m runtime --help` must say
+# for each.
 COLLISION_ROWS = {
     "--model_name": ["--model_name NAME", "--served-model-name", "aliases"],
     "--model_dir": ["--model_dir DIR", "--model.", "--model alone is accepted",

@@ -1,4 +1,4 @@
-"""README (Routes, OpenAI): "/openai/tokenize and /openai/detokenize are vLLM's": on the session
+"""docs/reference.md (OpenAI): "/openai/tokenize and /openai/detokenize are vLLM's": on the session
 predictor they answer with the model's tokens, and detokenize gives the text back."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""README (Routes, OpenAI): "The unprefixed /v1/completions, /v1/chat/completions and
+"""docs/reference.md (OpenAI): "The unprefixed /v1/completions, /v1/chat/completions and
 /v1/embeddings answer too; /v1/models stays KServe's v1 model list." On the session predictor
 the unprefixed routes answer exactly as the /openai ones (same text at temperature 0); the
 embeddings case is in test_embeddings.py (it needs an embedding model)."""
