@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_tokens of a request that gives none (default: --max_tokens_limit "
                         "when set, else up to the context)")
     p.add_argument("--max_stop_sequences", type=int, default=32, help="most stop sequences")
+    p.add_argument("--max_token_ids", type=int, default=1024,
+                   help="most entries in each of logit_bias, allowed_token_ids, stop_token_ids")
+    p.add_argument("--max_bad_words", type=int, default=128, help="most bad_words entries")
     p.add_argument("--help-engine", "--help_engine", action="store_true",
                    help="list vLLM's engine arguments")
     return p
@@ -235,5 +238,6 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         limits=Limits(max_batch_size=args.max_batch_size, max_n=args.max_n,
                       max_tokens=args.max_tokens_limit,
                       max_stop_sequences=args.max_stop_sequences,
+                      max_token_ids=args.max_token_ids, max_bad_words=args.max_bad_words,
                       default_max_tokens=args.default_max_tokens),
     )

@@ -25,6 +25,12 @@ class Limits(BaseModel):
     max_n: int | None = 16
     max_tokens: int | None = None
     max_stop_sequences: int | None = 32
+    # Entries in each list-valued sampling parameter, which vLLM bounds only by the body size:
+    # token ids in each of logit_bias, allowed_token_ids and stop_token_ids (OpenAI accepts
+    # up to 300 logit_bias entries), and bad_words (vLLM's VLLM_MAX_NUM_BAD_WORDS, 128, counts
+    # the words' token sequences, at least one per word, so more words always fail there).
+    max_token_ids: int | None = 1024
+    max_bad_words: int | None = 128
     # Applied when a client gives no max_tokens (chat then means "up to the context").
     # None: --max_tokens_limit when set, else the context.
     default_max_tokens: int | None = None
@@ -63,6 +69,19 @@ def check(limits: Limits, work: Work) -> None:
     if limits.max_stop_sequences is not None and work.stop_sequences > limits.max_stop_sequences:
         raise ClientError(f"{work.stop_sequences} stop sequences exceed the limit of "
                           f"{limits.max_stop_sequences} (--max_stop_sequences)")
+
+
+TOKEN_ID_LISTS = ("logit_bias", "allowed_token_ids", "stop_token_ids")
+
+
+def check_lists(limits: Limits, counts: dict[str, int]) -> None:
+    """Raise ``ClientError`` (naming the flag) when a list-valued sampling parameter has more
+    entries than its cap; ``counts`` maps each parameter to its number of entries."""
+    for name, count in counts.items():
+        cap, flag = ((limits.max_bad_words, "--max_bad_words") if name == "bad_words"
+                     else (limits.max_token_ids, "--max_token_ids"))
+        if cap is not None and count > cap:
+            raise ClientError(f"{name} has {count} entries; the limit is {cap} ({flag})")
 
 
 # How deep a client's JSON may nest. OpenAI tool and response schemas nest a few tens of

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from runtime.errors import ClientError
@@ -41,8 +41,19 @@ MAX_DISTINCT_BOUNDS = 8  # distinct bounded repetitions ({m,n}, maxLength, maxIt
 MAX_CHOICES = 1024
 _LENGTH_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties",
                 "maxProperties")
-_TEXT_KEYS = ("pattern",)  # schema keywords that hold a regex
-_QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+_REGEX_KEYS = ("pattern",)  # keys whose value is a regex (schemas; structural tag "regex")
+_GRAMMAR_KEYS = ("grammar",)  # keys whose value is a grammar (structural tag "grammar")
+_SCHEMA_KEYS = ("schema", "json_schema")  # a structural tag's schema, maybe as a JSON string
+# Regex and EBNF repetitions ({n}, {m,n}, {m,}, {,n}: whitespace allowed, some backends take
+# forms others refuse), Lark's ranges (~ n, ~ m..n), and length keywords written in a
+# grammar's text (llguidance's Lark takes inline JSON schemas). Possessive quantifiers: with
+# optional digits, "\s*(\d*)\s*" backtracks quadratically ("{" and 60,000 spaces: 171 s).
+_QUANTIFIER = re.compile(r"\{\s*+(\d*+)\s*+(?:,\s*+(\d*+)\s*+)?\}")
+_LARK_RANGE = re.compile(r"~\s*+(\d++)(?:\s*+\.\.\s*+(\d++))?")
+_LENGTH_TEXT = re.compile(r'"(' + "|".join(_LENGTH_KEYS) + r')"\s*+:\s*+"?\s*+([-+0-9.eE]++)')
+
+Constraint = tuple[str, Any, str]  # (kind, spec, where the client gave it)
+Bound = tuple[str, Any, Any]  # one distinct bounded repetition, normalized
 
 
 def decode(value: Any) -> dict[str, Any]:
@@ -82,57 +93,182 @@ def decode(value: Any) -> dict[str, Any]:
         value = {**value, "json": spec}
     elif not isinstance(spec, str) or not spec:
         raise ClientError(f"'{PARAMETER}.{kind}' must be a non-empty string")
-    check_bounds(kind, value[kind], PARAMETER)
+    constraints: list[Constraint] = [(kind, value[kind], PARAMETER)]
+    if isinstance(value.get("whitespace_pattern"), str):
+        constraints.append(("regex", value["whitespace_pattern"],
+                            f"{PARAMETER}.whitespace_pattern"))
+    check_all(constraints)
     return value
 
 
 def check_bounds(kind: str, spec: Any, where: str) -> None:
     """Refuse a constraint whose compilation could hold the engine's grammar compiler for
     long: too large, too many choices, or too many distinct bounded repetitions."""
-    text = spec if isinstance(spec, str) else json.dumps(spec)
-    if len(text) > MAX_SPEC_CHARS:
-        raise ClientError(f"'{where}' is too large ({len(text)} characters; at most "
-                          f"{MAX_SPEC_CHARS})")
-    if kind == "choice" and isinstance(spec, list) and len(spec) > MAX_CHOICES:
-        raise ClientError(f"'{where}.choice' has {len(spec)} entries; at most {MAX_CHOICES}")
-    if kind in ("regex", "grammar", "structural_tag"):
-        bounds = set(_quantifiers(text))
-    elif kind == "json":
-        bounds = set(_schema_bounds(spec))
-    else:
-        bounds = set()
+    check_all([(kind, spec, where)])
+
+
+def check_all(constraints: Iterable[Constraint]) -> None:
+    """``check_bounds`` for all the constraints of one request together: each is bounded in
+    size, and their distinct bounded repetitions are counted as one set, because a request's
+    constraints compile into one grammar (tools in ``auto`` mode and a ``response_format``
+    become one structural tag)."""
+    bounds: set[Bound] = set()
+    sources: list[str] = []
+    for kind, spec, where in constraints:
+        text = spec if isinstance(spec, str) else json.dumps(spec)
+        if len(text) > MAX_SPEC_CHARS:
+            raise ClientError(f"'{where}' is too large ({len(text)} characters; at most "
+                              f"{MAX_SPEC_CHARS})")
+        if kind == "choice" and isinstance(spec, list) and len(spec) > MAX_CHOICES:
+            raise ClientError(f"'{where}.choice' has {len(spec)} entries; at most {MAX_CHOICES}")
+        found = set(_bounds(kind, spec))
+        if found - bounds and where not in sources:
+            sources.append(where)
+        bounds |= found
     if len(bounds) > MAX_DISTINCT_BOUNDS:
+        named = " and ".join(f"'{w}'" for w in sources)
         raise ClientError(
-            f"'{where}' has {len(bounds)} distinct bounded repetitions (maxLength, maxItems, "
-            f"{{m,n}}, ...); at most {MAX_DISTINCT_BOUNDS}: each costs seconds to compile")
+            f"{named} {'has' if len(sources) == 1 else 'have together'} {len(bounds)} distinct "
+            f"bounded repetitions (maxLength, maxItems, {{m,n}}, ...); at most "
+            f"{MAX_DISTINCT_BOUNDS}: each costs seconds to compile")
 
 
-def _quantifiers(text: str) -> Iterator[tuple[str, str]]:
+def request_constraints(request: Any) -> list[Constraint]:
+    """Every constraint an OpenAI chat or completion request carries in its own fields: each
+    kind of its ``structured_outputs`` (and the ``whitespace_pattern`` regex), and its
+    ``response_format`` of every type vLLM 0.32 accepts (``json_schema``, ``structural_tag``
+    in both shapes; ``json_object`` and ``text`` compile nothing of the client's). Tools are
+    the caller's (``vllm_tools.check``): whether they constrain depends on ``tool_choice``."""
+    out: list[Constraint] = []
+    so = getattr(request, PARAMETER, None)
+    if so is not None:
+        for kind in KINDS:
+            spec = getattr(so, kind, None)
+            if spec is not None:
+                out.append((kind, spec, PARAMETER))
+        pattern = getattr(so, "whitespace_pattern", None)
+        if isinstance(pattern, str):
+            out.append(("regex", pattern, f"{PARAMETER}.whitespace_pattern"))
+    rf = getattr(request, "response_format", None)
+    rf_type = rf.get("type") if isinstance(rf, dict) else getattr(rf, "type", None)
+    if rf_type == "json_schema":
+        json_schema = getattr(rf, "json_schema", None)
+        schema = getattr(json_schema, "json_schema", None)
+        if schema is not None:
+            out.append(("json", schema, "response_format"))
+    elif rf_type == "structural_tag":
+        # the object vLLM serializes into its structural tag (structured_outputs_from_response_format)
+        dump = getattr(rf, "model_dump", None)
+        out.append(("structural_tag", dump(by_alias=True) if dump else rf, "response_format"))
+    return out
+
+
+def _bounds(kind: str, spec: Any) -> Iterator[Bound]:
+    """The distinct bounded repetitions one constraint compiles into."""
+    if kind in ("choice", "json_object"):
+        return  # literal alternatives; a fixed grammar
+    if kind == "regex":
+        yield from _regex_bounds(spec) if isinstance(spec, str) else ()
+    elif kind in ("json", "structural_tag") and isinstance(spec, str):
+        yield from _json_text_bounds(spec)
+    elif kind in ("json", "structural_tag"):
+        yield from _tree_bounds(spec)
+    elif isinstance(spec, str):  # grammar, and anything else given as text
+        yield from _text_bounds(spec)
+    else:
+        yield from _tree_bounds(spec)
+
+
+def _number(value: Any) -> float | None:
+    """A bound's value as a number, however it was written (100, 100.0, "100"): some backends
+    coerce what others refuse, so every spelling counts; 100 and 100.0 are one bound."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, int | float):
+        return value
+    return None
+
+
+def _repetition(low: Any, high: Any) -> Iterator[Bound]:
+    """One {low,high} repetition (high None: exactly low; -1: unbounded) if it is bounded
+    above 1 (``?``, ``*``, ``+`` and ``{0}``/``{1}`` cost nothing)."""
+    lo, hi = _number(low) or 0, _number(high)
+    if hi is None:
+        hi = lo
+    if lo > 1 or hi > 1:
+        yield ("{}", lo, hi)
+
+
+def _regex_bounds(text: str) -> Iterator[Bound]:
     for m in _QUANTIFIER.finditer(text):
-        if m.group(0) not in ("{0}", "{1}"):
-            yield ("{}", m.group(0).replace(" ", ""))
+        low, high = m.group(1), m.group(2)
+        if not low and not high:
+            continue  # "{}" or "{,}": not a repetition
+        yield from _repetition(low, high if high is None else (high or -1))
 
 
-def _schema_bounds(node: Any) -> Iterator[tuple[str, str]]:
-    """Every bounded repetition in a JSON schema: length/count keywords and regex patterns."""
+def _text_bounds(text: str) -> Iterator[Bound]:
+    """A grammar (EBNF, Lark) or any text no parser read: regex/EBNF repetitions, Lark ranges,
+    and length keywords of inline JSON schemas."""
+    yield from _regex_bounds(text)
+    for m in _LARK_RANGE.finditer(text):
+        yield from _repetition(m.group(1), m.group(2))
+    for m in _LENGTH_TEXT.finditer(text):
+        yield from _length(m.group(2))
+
+
+def _length(value: Any) -> Iterator[Bound]:
+    n = _number(value)
+    if n is not None and n > 1:
+        yield ("len", n, None)
+
+
+def _json_text_bounds(text: str) -> Iterator[Bound]:
+    """A schema or structural tag given as a JSON string: its tree, or (not JSON: vLLM will
+    refuse it) its text."""
+    try:
+        value = load_json(text, "constraint")
+    except ClientError:
+        yield from _text_bounds(text)
+    else:
+        yield from _tree_bounds(value)
+
+
+def _tree_bounds(node: Any) -> Iterator[Bound]:
+    """Every bounded repetition in a JSON schema or an xgrammar structural tag (which holds
+    schemas, regexes, grammars and ``repeat`` formats): the length/count keywords (as numbers
+    of any spelling), regexes (``pattern`` values, ``patternProperties`` keys), grammars, a
+    structural tag's ``repeat`` bounds, and schemas given as JSON strings."""
     stack = [node]
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key in _LENGTH_KEYS and isinstance(value, int) and value > 1:
-                    yield ("len", str(value))
-                elif key in _TEXT_KEYS and isinstance(value, str):
-                    yield from _quantifiers(value)
-                elif isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
+        if isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, dict | list))
-
-
-def response_format_schema(response_format: Any) -> Any:
-    """The JSON schema an OpenAI ``response_format`` asks for (None: none)."""
-    if getattr(response_format, "type", None) != "json_schema":
-        return None
-    json_schema = getattr(response_format, "json_schema", None)
-    return getattr(json_schema, "json_schema", None)
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "repeat":  # xgrammar's RepeatFormat: content{min,max}
+            yield from _repetition(item.get("min"), item.get("max"))
+        for key, value in item.items():
+            if isinstance(value, dict):
+                if key == "patternProperties":
+                    for pattern in value:
+                        yield from _regex_bounds(str(pattern))
+                stack.append(value)
+            elif isinstance(value, list):
+                stack.append(value)
+            elif key in _LENGTH_KEYS:
+                yield from _length(value)
+            elif not isinstance(value, str):
+                continue
+            elif key in _REGEX_KEYS:
+                yield from _regex_bounds(value)
+            elif key in _GRAMMAR_KEYS:
+                yield from _text_bounds(value)
+            elif key in _SCHEMA_KEYS:
+                yield from _json_text_bounds(value)

@@ -31,7 +31,7 @@ from vllm.exceptions import VLLMValidationError
 
 from runtime.engine import vllm_tools
 from runtime.errors import ClientError, EngineUnavailableError
-from runtime.limits import Limits, Work
+from runtime.limits import TOKEN_ID_LISTS, Limits, Work, check_lists
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,20 @@ def _stops(stop: Any) -> int:
     return 1 if isinstance(stop, str) else len(stop) if isinstance(stop, list) else 0
 
 
+def _entries(value: Any) -> int:
+    return len(value) if isinstance(value, list | dict) else 0
+
+
 def work(kind: str, request: Any, limits: Limits) -> Work:
     """What a validated request asks of the engine; a request that gives no ``max_tokens``
-    gets the server's cap (``--default_max_tokens`` / ``--max_tokens_limit``) set on it."""
+    gets the server's cap (``--default_max_tokens`` / ``--max_tokens_limit``) set on it.
+
+    The list-valued sampling parameters are capped here (``limits.check_lists``), where every
+    protocol's generation request passes (OpenAI, and each prompt of a v2, generate, KServe v1
+    or gRPC request), rather than through ``Work``, which a v2 chat batch rebuilds."""
+    if kind in ("chat", "completion"):
+        check_lists(limits, {name: _entries(getattr(request, name, None))
+                             for name in (*TOKEN_ID_LISTS, "bad_words")})
     if kind == "chat":
         if request.max_completion_tokens is None and request.max_tokens is None:
             request.max_tokens = limits.token_cap()

@@ -44,20 +44,14 @@ from runtime.errors import ClientError
 
 
 def check(request: Any) -> None:
-    """Bound every constraint a chat or completion request carries (its ``structured_outputs``,
-    a JSON-schema ``response_format``, and the tools' parameter schemas when they constrain)."""
-    so = getattr(request, "structured_outputs", None)
-    if so is not None:
-        for kind in structured.KINDS:
-            spec = getattr(so, kind, None)
-            if spec is not None:
-                structured.check_bounds(kind, spec, structured.PARAMETER)
-    schema = structured.response_format_schema(getattr(request, "response_format", None))
-    if schema is not None:
-        structured.check_bounds("json", schema, "response_format")
+    """Bound every constraint a chat or completion request carries, together (its
+    ``structured_outputs``, its ``response_format`` of any type, and the tools' parameter
+    schemas when they constrain: named, required, or ``auto`` with a structural-tag parser)."""
+    constraints = structured.request_constraints(request)
     if getattr(request, "tools", None) and getattr(request, "tool_choice", None) != "none":
-        structured.check_bounds(
-            "json", [t.function.parameters for t in request.tools], "tools.parameters")
+        constraints.append(
+            ("json", [t.function.parameters for t in request.tools], "tools.parameters"))
+    structured.check_all(constraints)
 
 
 def verify(request: Any, engine_client: Any) -> None:

@@ -125,3 +125,55 @@ def test_v1_predict_bad_input(http: httpx.Client, name: str, body, status: int,
                               needle: str) -> None:
     model = "nope" if name == "unknown model" else MODEL
     assert_refused_in_json(http, f"/v1/models/{model}:predict", body, status, needle)
+
+
+# ---- list-valued sampling parameters: capped per request on every protocol (issue 24) ----
+
+# parameter -> (a value one past its default cap, the flag the refusal names)
+OVER_CAP = {
+    "stop_token_ids": (list(range(1025)), "--max_token_ids"),
+    "allowed_token_ids": (list(range(1025)), "--max_token_ids"),
+    "logit_bias": ({str(i): -1.0 for i in range(1025)}, "--max_token_ids"),
+    "bad_words": ([f"w{i}" for i in range(129)], "--max_bad_words"),
+}
+
+
+def test_list_parameters_are_capped_on_every_protocol(predictor, http: httpx.Client) -> None:
+    """One past a cap is a 400 / INVALID_ARGUMENT naming the flag on OpenAI (completions and
+    chat), v2 REST and gRPC (Triton's ``sampling_parameters``), generate, generate_stream and
+    KServe v1; at the caps (1024 token ids in each list) a request is served."""
+    from tests.runtime.test_triton_stream import grpc_url, run_client
+
+    at_cap = {"logit_bias": {str(i): 0.0 for i in range(1024)},
+              "allowed_token_ids": list(range(1024)), "stop_token_ids": list(range(1024))}
+    r = http.post("/openai/v1/completions", json={
+        "model": MODEL, "prompt": "x", "max_tokens": 1, **at_cap})
+    assert r.status_code == 200, r.text
+    for name, (value, flag) in OVER_CAP.items():
+        params = {"max_tokens": 1, name: value}
+        answers = {
+            "openai": http.post("/openai/v1/completions", json={
+                "model": MODEL, "prompt": "x", **params}),
+            "openai-chat": http.post("/openai/v1/chat/completions", json={
+                "model": MODEL, "messages": [{"role": "user", "content": "x"}], **params}),
+            "generate": http.post(f"/v2/models/{MODEL}/generate", json={
+                "text_input": "x", "parameters": params}),
+            "generate_stream": http.post(f"/v2/models/{MODEL}/generate_stream", json={
+                "text_input": "x", "parameters": params}),
+            "v1": http.post(f"/v1/models/{MODEL}:predict", json={
+                "instances": ["x"], "parameters": params}),
+        }
+        for protocol, r in answers.items():
+            assert r.status_code == 400, (name, protocol, r.text)
+            error = r.json()["error"]
+            message = error["message"] if protocol.startswith("openai") else error
+            assert name in message and flag in message, (name, protocol, message)
+        triton = [{"prompt": "x", "inputs": {"sampling_parameters": params}}]
+        for mode in ("http", "infer"):  # v2 REST and gRPC ModelInfer
+            (answer,) = run_client(grpc_url(predictor) if mode == "infer" else
+                                   predictor.url.removeprefix("http://"), mode, triton)
+            assert flag in answer.get("error", ""), (name, mode, answer)
+        ((answer,),) = run_client(grpc_url(predictor), "stream", [
+            {**triton[0], "inputs": {**triton[0]["inputs"], "stream": True}}])
+        assert flag in answer.get("error", ""), (name, "stream", answer)
+    assert_still_serving(http)

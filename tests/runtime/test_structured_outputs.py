@@ -351,6 +351,9 @@ BAD = {  # name -> (structured_outputs, words the message must hold)
     "two-kinds": ({"regex": "a+", "choice": ["a"]}, "one kind"),
     "wrong-type": ({"choice": "yes"}, "choice"),
     "too-costly": ({"json": MANY_BOUNDS}, "bounded repetitions"),
+    "too-costly-structural-tag": ({"structural_tag": json.dumps({
+        "type": "structural_tag", "format": {"type": "json_schema", "json_schema": MANY_BOUNDS}})},
+        "bounded repetitions"),
 }
 
 
