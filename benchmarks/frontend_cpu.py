@@ -329,9 +329,10 @@ def cmd_frontend_cpu(args: argparse.Namespace, engine_args: list[str]) -> int:
             servers[name] = info
             points += asyncio.run(_measure(target, pid, server_apis, args, sets,
                                            warm[:args.warmup], tokenizer))
-    settings = [s.get("engine_settings") for s in servers.values()]
-    diffs = (settings_differences(settings[0], settings[1])
-             if len(settings) == 2 and all(settings) else [])
+    started_here = [s for s in servers.values() if s["started_by_benchmark"]]
+    diffs = (settings_differences(started_here[0]["engine_settings"],
+                                  started_here[1]["engine_settings"])
+             if len(started_here) == 2 else [])  # a running server's settings are unknown
     env["loadavg_end"] = list(psutil.getloadavg())
     doc = {"config": {"apis": apis, "vllm_apis": [] if args.no_vllm else list(VLLM_APIS),
                       "requests": args.requests, "concurrency": args.concurrency,
