@@ -141,7 +141,8 @@ def check_not_empty(flag: str | None, file: str | None, env_var: str = "API_KEY"
         raise ApiKeyError(f"${env_var} is set but empty: set the key, or unset the variable")
 
 
-SECRET_FLAGS = ("--api_key", "--api-key", "--predictor_api_key", "--predictor-api-key")
+SECRET_FLAGS = ("--api_key", "--api-key", "--predictor_api_key", "--predictor-api-key",
+                "--operator_key", "--operator-key")
 # A key flag inside a script (`bash -c "... vllm serve ... --api-key KEY ..."`): the flag, then
 # `=` or blanks (a `\`-newline continuation included), then its value, quoted or not.
 _SCRIPT_SECRET = re.compile(

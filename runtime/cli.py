@@ -96,12 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api_key_file", default=None,
                    help="read the key from this file (a mounted Kubernetes Secret); a changed "
                         "file takes effect without a restart")
+    p.add_argument("--operator_key", default=None,
+                   help="the operator's key: repository load/unload (REST and gRPC) and the "
+                        "operator routes need it, and only it (the inference key gets 403 "
+                        "there); it must differ from --api_key. Also read from "
+                        "$OPERATOR_API_KEY")
+    p.add_argument("--operator_key_file", default=None,
+                   help="read the operator key from this file (a mounted Secret); a changed "
+                        "file takes effect without a restart")
     p.add_argument("--enable_operator_routes", type=_bool, default=False,
                    help="serve vLLM's operator routes under /openai (LoRA load/unload, "
-                        "sleep/wake, elastic scaling, profiling); requires an API key")
+                        "sleep/wake, elastic scaling, profiling); requires the operator key")
     p.add_argument("--enable_adapter_loading", type=_bool, default=False,
                    help="load and unload LoRA adapters at run time through the model "
-                        "repository extension (needs --enable-lora; behind the key)")
+                        "repository extension (needs --enable-lora, the operator key and "
+                        "--allowed_adapter_dirs)")
+    p.add_argument("--allowed_adapter_dirs", action="append", default=None, metavar="DIR[,DIR]",
+                   help="folders adapters may be loaded from at run time (comma-separated, "
+                        "or the flag repeated): a lora_path must resolve, symlinks and '..' "
+                        "resolved, under one of them; default none, so nothing loads")
     p.add_argument("--max_adapters", type=int, default=32,
                    help="most LoRA adapters served at once, static and loaded (default 32)")
     p.add_argument("--protect_metrics", type=_bool, default=False,
@@ -138,6 +151,22 @@ def _bool(value: str) -> bool:
 
 def _secret(value: str | None) -> SecretStr | None:
     return SecretStr(value) if value else None
+
+
+def _adapter_dirs(parser: argparse.ArgumentParser, given: list[str] | None) -> list[str]:
+    """``--allowed_adapter_dirs`` values (each may hold several, comma-separated): existing
+    folders, in order, once each. An empty value is an error, not "no folder"."""
+    dirs: list[str] = []
+    for value in given or ():
+        parts = [part.strip() for part in value.split(",")]
+        if not any(parts):
+            parser.error("--allowed_adapter_dirs is empty: give a folder, or leave the flag out")
+        for part in filter(None, parts):
+            if not os.path.isdir(part):
+                parser.error(f"--allowed_adapter_dirs: {part} is not a folder")
+            if part not in dirs:
+                dirs.append(part)
+    return dirs
 
 
 def _normalise(argv: Sequence[str], own: set[str]) -> list[str]:
@@ -190,6 +219,17 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         parser.error(str(exc))
     if args.api_key and args.api_key_file:
         parser.error("--api_key and --api_key_file are mutually exclusive")
+    try:  # the operator's key, the same way
+        check_not_empty(args.operator_key, args.operator_key_file, "OPERATOR_API_KEY",
+                        "operator_key")
+    except ApiKeyError as exc:
+        parser.error(str(exc))
+    if args.operator_key and args.operator_key_file:
+        parser.error("--operator_key and --operator_key_file are mutually exclusive")
+    adapter_dirs = _adapter_dirs(parser, args.allowed_adapter_dirs)
+    if args.enable_adapter_loading and not adapter_dirs:
+        parser.error("--enable_adapter_loading needs --allowed_adapter_dirs: the folders "
+                     "adapters may be loaded from")
     if args.max_adapters < 0:
         parser.error("--max_adapters must be 0 or more")
     if args.workers != 1:
@@ -229,8 +269,12 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         enable_ssl_refresh=args.enable_ssl_refresh,
         api_key=_secret(args.api_key or (None if args.api_key_file else os.environ.get("API_KEY"))),
         api_key_file=args.api_key_file,
+        operator_key=_secret(args.operator_key or (
+            None if args.operator_key_file else os.environ.get("OPERATOR_API_KEY"))),
+        operator_key_file=args.operator_key_file,
         enable_operator_routes=args.enable_operator_routes,
         enable_adapter_loading=args.enable_adapter_loading,
+        allowed_adapter_dirs=adapter_dirs,
         max_adapters=args.max_adapters,
         protect_metrics=args.protect_metrics,
         max_waiting_requests=args.max_waiting_requests,

@@ -24,6 +24,7 @@ from runtime.admission import Admission
 from runtime.auth import ApiKey
 from runtime.errors import (
     EngineUnavailableError,
+    ForbiddenError,
     ModelNotFoundError,
     ServingError,
     UnauthorizedError,
@@ -37,6 +38,11 @@ logger = logging.getLogger(__name__)
 # The model label of requests that name no served model: one fixed value, so a client cannot
 # create a metric series per random name.
 OTHER_MODEL = "_other"
+
+OPERATOR_OFF = ("operator actions (loading and unloading LoRA adapters, vLLM's operator "
+                "routes) are off: this server has no operator key (start it with "
+                "--operator_key_file, --operator_key or $OPERATOR_API_KEY, and "
+                "--enable_adapter_loading true --allowed_adapter_dirs DIR to load adapters)")
 
 
 def outcome_of(status: int) -> str:
@@ -70,10 +76,12 @@ class Pipeline:
     def __init__(self, *, lifecycle: Lifecycle, admission: Admission, api_key: ApiKey,
                  request_limits: Limits, served_names: list[str],
                  protect_metrics: bool = False, operator_routes: bool = False,
-                 max_adapters: int = 0, vllm_serve: bool = False) -> None:
+                 max_adapters: int = 0, vllm_serve: bool = False,
+                 operator_key: ApiKey | None = None) -> None:
         self.lifecycle = lifecycle
         self.admission = admission
         self.api_key = api_key
+        self.operator_key = operator_key or ApiKey()  # none: operator actions are off
         self.limits = request_limits
         self.served_names = list(served_names)
         self.protect_metrics = protect_metrics
@@ -92,6 +100,27 @@ class Pipeline:
         """Raise ``UnauthorizedError`` unless the Bearer key (if one is set) was sent."""
         if not self.api_key.accepts(authorization):
             raise UnauthorizedError("missing or invalid API key")
+
+    def authorize_operator(self, authorization: str | bytes | None) -> None:
+        """Operator actions (repository load/unload, vLLM's operator routes) need the operator
+        key, and only it: 401 (``UnauthorizedError``) for a missing or unknown key, 403
+        (``ForbiddenError``) for the inference key, which authenticates a client, not an
+        operator. Without an operator key the actions are off: 403 once the client key (if
+        any) is checked. Keys rotated into the same value refuse operator actions (403)."""
+        client_key = self.api_key.enabled and self.api_key.accepts(authorization)
+        if not self.operator_key.enabled:
+            self.authenticate(authorization)
+            raise ForbiddenError(OPERATOR_OFF)
+        if self.operator_key.accepts(authorization):
+            if client_key:
+                raise ForbiddenError("the operator key must differ from the inference key: "
+                                     "operator actions are refused until they differ")
+            return
+        if client_key:
+            raise ForbiddenError("this is an operator action: it needs the operator key, and "
+                                 "the inference key is not one")
+        raise UnauthorizedError("missing or invalid API key: this is an operator action and "
+                                "needs the operator key")
 
     def check_ready(self) -> None:
         """Raise ``EngineUnavailableError`` (503 + Retry-After) unless the engine serves."""

@@ -4,9 +4,15 @@ Why: an adapter is a model like any other to a KServe client (``/v2/models/{adap
 metadata, readiness, the repository index, gRPC ``model_name``), so each adapter is a KServe
 model registered next to the base model, answered by the same engine. Loading and unloading
 at run time go through the repository extension's own calls (REST
-``/v2/repository/models/{m}/load|unload`` and gRPC RepositoryModelLoad/Unload), and only when
-the operator switched them on (``--enable_adapter_loading``, behind the API key): the base
-model can never be unloaded, because unloading it would stop the engine for good.
+``/v2/repository/models/{m}/load|unload``, gRPC RepositoryModelLoad/Unload, and vLLM's
+``/openai/v1/load_lora_adapter`` operator route), and only when the operator switched them on
+(``--enable_adapter_loading``, behind the operator key): the base model can never be unloaded,
+because unloading it would stop the engine for good.
+
+Folders load only from under ``--allowed_adapter_dirs``, compared as real paths (symlinks and
+``..`` resolved), with every file the engine reads from the folder resolving there too; any
+other path gets one fixed 403 that does not say whether it exists, is a folder or is
+readable, and the engine is handed the real path, never the client's spelling of it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kserve.model_repository import ModelRepository
@@ -28,6 +35,33 @@ from runtime.metrics import forget_model
 logger = logging.getLogger(__name__)
 
 LORA_PATH = "lora_path"
+# The one answer for a path outside the allowed folders, whatever is (or is not) there.
+OUTSIDE_ALLOWED_DIRS = ("lora_path is not inside a folder this server loads adapters from "
+                        "(--allowed_adapter_dirs)")
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def allowed_folder(path: str, allowed_dirs: Sequence[str]) -> str:
+    """The real path of ``path`` if it, and every entry in it, resolves under one of
+    ``allowed_dirs`` (themselves resolved at each call, so a re-pointed mount is followed); else
+    ``ForbiddenError(OUTSIDE_ALLOWED_DIRS)``. Nothing about the path is revealed: the same
+    error whether it exists, is a file, is unreadable or is a symlink out."""
+    if "\x00" in path:  # no such path can exist; realpath would raise
+        raise ForbiddenError(OUTSIDE_ALLOWED_DIRS)
+    real = os.path.realpath(path)
+    roots = [os.path.realpath(d) for d in allowed_dirs]
+    if not any(_inside(real, r) for r in roots):
+        raise ForbiddenError(OUTSIDE_ALLOWED_DIRS)
+    try:  # the engine reads files from the folder: none may lead out (a symlink)
+        entries = [os.path.realpath(entry.path) for entry in os.scandir(real)]
+    except OSError:  # missing, not a folder, unreadable: inside, so check_folder says which
+        entries = []
+    if any(not any(_inside(entry, r) for r in roots) for entry in entries):
+        raise ForbiddenError(OUTSIDE_ALLOWED_DIRS)
+    return real
 
 
 def lora_path_of(parameters: Any) -> str:
@@ -62,13 +96,14 @@ class AdapterRepository(ModelRepositoryExtension):
 
     def __init__(self, model_registry: ModelRepository, *, engine: Engine, adapters: AdapterSet,
                  make_model: Callable[[str], Any], base_dir: str,
-                 enable_loading: bool) -> None:
+                 enable_loading: bool, allowed_dirs: Sequence[str] = ()) -> None:
         super().__init__(model_registry=model_registry)
         self.engine = engine
         self.adapters = adapters
         self.make_model = make_model
         self.base_dir = base_dir
         self.enable_loading = enable_loading
+        self.allowed_dirs = list(allowed_dirs)  # none: no folder loads
         self._lock = asyncio.Lock()
         self._base_shapes: dict[str, list[int]] | None = None
 
@@ -80,7 +115,8 @@ class AdapterRepository(ModelRepositoryExtension):
         if not self.enable_loading:
             raise ForbiddenError(
                 f"model {model_name} cannot be loaded or unloaded: loading LoRA adapters at "
-                "run time is off (start the server with --enable_adapter_loading)")
+                "run time is off (start the server with --enable_adapter_loading true and "
+                "--allowed_adapter_dirs)")
 
     def register_static(self) -> None:
         """Serve the adapters the engine was started with (``--lora-modules``) as models."""
@@ -93,7 +129,8 @@ class AdapterRepository(ModelRepositoryExtension):
         """Check the folder, load it into the engine, serve it under ``model_name``."""
         self._refuse_unless_enabled(model_name)
         self.adapters.check_new(model_name)
-        path = lora_path_of(parameters)
+        path = await asyncio.to_thread(allowed_folder, lora_path_of(parameters),
+                                       self.allowed_dirs)
         max_rank = self.engine.max_lora_rank
         if max_rank is None:  # refused at start-up; kept as a guard for embedders
             raise ForbiddenError("LoRA is not enabled in the engine (--enable-lora)")

@@ -22,8 +22,8 @@ class Kind(enum.Enum):
     METRICS = "metrics"  # Prometheus: no key unless --protect_metrics
     INFERENCE = "inference"  # reaches the engine: key, readiness, admission, counted
     METADATA = "metadata"  # describes the server or a model: key
-    REPOSITORY = "repository"  # KServe's model repository extension: key
-    OPERATOR = "operator"  # vLLM's operator routes: only with --enable_operator_routes, key
+    REPOSITORY = "repository"  # the repository extension's load/unload: the operator key
+    OPERATOR = "operator"  # vLLM's operator routes: --enable_operator_routes, the operator key
     UNKNOWN = "unknown"  # everything else: 404
 
 

@@ -171,12 +171,15 @@ def install_routes(app: Any, engine: Engine, pipeline: Pipeline, settings: Runti
     if settings.enable_operator_routes:
         from starlette.routing import Mount
 
+        # vLLM's LoRA load/unload are the repository's (its checks), ahead of vLLM's app
+        app.include_router(repo.build_vllm_lora_router(repository))
         app.router.routes.append(Mount("/openai", app=OperatorRoutes(engine)))
 
 
 class OperatorRoutes:
     """vLLM's own app, reached only for the operator paths the gate lets through
-    (``--enable_operator_routes``, with the key)."""
+    (``--enable_operator_routes``, with the operator key), but LoRA load/unload, which
+    ``protocol.repository.build_vllm_lora_router`` answers."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -201,10 +204,22 @@ def build_pipeline(settings: RuntimeSettings, lifecycle: Lifecycle,
     key = ApiKey.from_sources(
         settings.api_key.get_secret_value() if settings.api_key else None,
         settings.api_key_file)
-    if settings.enable_operator_routes and not key.enabled:
-        raise ApiKeyError("--enable_operator_routes requires an API key (--api_key, "
-                          "--api_key_file or $API_KEY)")
-    return Pipeline(lifecycle=lifecycle, admission=admission, api_key=key,
+    operator = ApiKey.from_sources(
+        settings.operator_key.get_secret_value() if settings.operator_key else None,
+        settings.operator_key_file, env_var="OPERATOR_API_KEY", name="operator_key")
+    sources = "(--operator_key_file, --operator_key or $OPERATOR_API_KEY)"
+    for flag, on in (("--enable_operator_routes", settings.enable_operator_routes),
+                     ("--enable_adapter_loading", settings.enable_adapter_loading)):
+        if on and not operator.enabled:
+            raise ApiKeyError(f"{flag} requires an operator key {sources}, which must differ "
+                              "from the inference key")
+    if key.enabled and operator.enabled and key.current() == operator.current():
+        raise ApiKeyError("the operator key must differ from the inference key: with the "
+                          "same key every client would be an operator")
+    if operator.enabled:
+        logger.info("operator key set: repository load/unload%s need it",
+                    " and the operator routes" if settings.enable_operator_routes else "")
+    return Pipeline(lifecycle=lifecycle, admission=admission, api_key=key, operator_key=operator,
                     request_limits=settings.limits,
                     served_names=[settings.model_name, *settings.served_model_aliases],
                     protect_metrics=settings.protect_metrics,
@@ -227,7 +242,9 @@ def build_models(registry: Any, engine: Engine, lifecycle: Lifecycle, pipeline: 
         registry.update(base, name)
     repository = AdapterRepository(
         registry, engine=engine, adapters=pipeline.adapters, make_model=make_model,
-        base_dir=settings.model_dir, enable_loading=settings.enable_adapter_loading)
+        base_dir=settings.model_dir,
+        enable_loading=settings.enable_adapter_loading and pipeline.operator_key.enabled,
+        allowed_dirs=settings.allowed_adapter_dirs)
     return base, repository
 
 

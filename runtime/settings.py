@@ -44,13 +44,23 @@ class RuntimeSettings(BaseModel):
         default=None, description="Bearer key required on every route but health (and metrics).")
     api_key_file: str | None = Field(
         default=None, description="File holding the key (a mounted Secret); re-read on change.")
+    operator_key: SecretStr | None = Field(
+        default=None, description="Bearer key of the operator role: repository load/unload "
+                                  "and vLLM's operator routes; never the inference key.")
+    operator_key_file: str | None = Field(
+        default=None, description="File holding the operator key; re-read on change.")
     enable_operator_routes: bool = Field(
         default=False, description="Serve vLLM's operator routes (LoRA load/unload, sleep, "
-                                   "scaling, profiling) under /openai; requires a key.")
+                                   "scaling, profiling) under /openai; requires the operator "
+                                   "key.")
     enable_adapter_loading: bool = Field(
         default=False, description="Allow loading and unloading LoRA adapters at run time "
                                    "through the model repository extension (needs vLLM's "
-                                   "--enable-lora; behind the key when one is set).")
+                                   "--enable-lora, the operator key and allowed folders).")
+    allowed_adapter_dirs: list[str] = Field(
+        default_factory=list, description="Folders adapters load from at run time: a "
+                                          "lora_path must resolve (symlinks and '..' "
+                                          "resolved) under one. None: no folder loads.")
     max_adapters: int = Field(
         default=32, ge=0, description="Most LoRA adapters served at once (static and loaded).")
     protect_metrics: bool = False

@@ -30,7 +30,9 @@ from runtime.engine.vllm_ledger import FORBID_ENV, LEDGER_ENV
 from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
 
 GUARDED_KEY = "s3cret-key"  # the guarded server's key (from a file: ``guarded_key_file``)
+GUARDED_OPERATOR_KEY = "s3cret-operator-key"  # its operator key (operator routes)
 LORA_KEY = "adapter-test-key"  # the LoRA server's key
+LORA_OPERATOR_KEY = "adapter-operator-key"  # the LoRA server's operator key (load, unload)
 # Fixtures that start a shared server; tests that use one are reordered and marked below.
 SHARED_SERVERS = ("predictor", "guarded_server", "lora_server")
 
@@ -95,7 +97,8 @@ def guarded_server(model_dir: str, guarded_key_file: Path) -> Iterator[ServerPro
         "--max-model-len=1024", "--max-num-seqs=2", f"--api_key_file={guarded_key_file}",
         "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
         "--max_tokens_limit=800", "--max_stop_sequences=2", "--default_max_tokens=5",
-        "--enable_operator_routes=true", "--drain_timeout=300",
+        "--enable_operator_routes=true", "--operator_key", GUARDED_OPERATOR_KEY,
+        "--drain_timeout=300",
         "--host", "0.0.0.0", "--port", str(vllm_port), "--enable-log-requests"])
     server.vllm_port = vllm_port  # type: ignore[attr-defined]
     try:
@@ -105,9 +108,19 @@ def guarded_server(model_dir: str, guarded_key_file: Path) -> Iterator[ServerPro
 
 
 @pytest.fixture(scope="session")
-def lora_server(model_dir: str, lora_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+def lora_allowed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder the LoRA server loads adapters from (``--allowed_adapter_dirs``), for tests'
+    own adapters; the adapter cache is the other."""
+    return tmp_path_factory.mktemp("allowed-adapters")
+
+
+@pytest.fixture(scope="session")
+def lora_server(model_dir: str, lora_adapters: dict[str, Path],
+                lora_allowed_dir: Path) -> Iterator[ServerProcess]:
     """The runtime with LoRA: static adapters ``attn-a`` (``name=path``) and ``mlp-b`` (JSON
-    form), loading at run time on (``--max_adapters 3``), two adapter slots, key ``LORA_KEY``.
+    form), loading at run time on (``--max_adapters 3``) from the adapter cache and
+    ``lora_allowed_dir``, two adapter slots, key ``LORA_KEY``, operator key
+    ``LORA_OPERATOR_KEY`` (loads, unloads and vLLM's operator routes, which are on).
 
     Users: ``runtime/test_adapters.py``, ``benchmarks/test_adapters_run.py``; its last test
     kills its engine (``runtime/test_health.py``)."""
@@ -118,7 +131,9 @@ def lora_server(model_dir: str, lora_adapters: dict[str, Path]) -> Iterator[Serv
     server = start_runtime(model_dir=model_dir, name="lora", extra=[
         "--max-model-len=2048", "--enable-lora", "--max-lora-rank", "8", "--max-loras", "2",
         *static, "--enable_adapter_loading", "true", "--api_key", LORA_KEY,
-        "--max_adapters", "3"])
+        "--max_adapters", "3", "--operator_key", LORA_OPERATOR_KEY,
+        f"--allowed_adapter_dirs={lora_adapters['attn-c'].parent},{lora_allowed_dir}",
+        "--enable_operator_routes", "true"])
     try:
         yield server
     finally:

@@ -112,7 +112,9 @@ class Gate:
             raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}")
         exempt = route.kind is Kind.HEALTH or (
             route.kind is Kind.METRICS and not pipeline.protect_metrics)
-        if not exempt:
+        if route.kind in (Kind.REPOSITORY, Kind.OPERATOR):  # the operator key, and only it
+            pipeline.authorize_operator(_header(scope, b"authorization"))
+        elif not exempt:
             pipeline.authenticate(_header(scope, b"authorization"))
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:

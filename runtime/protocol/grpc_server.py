@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HEALTH_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 INFERENCE_RPCS = frozenset({"ModelInfer"})
+OPERATOR_RPCS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})  # operator key
 STREAM_RPCS = frozenset({"ModelStreamInfer"})
 SERVICE = "inference.GRPCInferenceService"
 
@@ -122,6 +123,9 @@ class PipelineInterceptor(aio.ServerInterceptor):
                    context: aio.ServicerContext, metadata: dict[str, str]) -> Any:
         pipeline = self.pipeline
         if rpc in HEALTH_RPCS:
+            return await inner(request, context)
+        if rpc in OPERATOR_RPCS:
+            pipeline.authorize_operator(metadata.get("authorization"))
             return await inner(request, context)
         if rpc not in INFERENCE_RPCS:
             pipeline.authenticate(metadata.get("authorization"))

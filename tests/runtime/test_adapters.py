@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import LORA_KEY
+from runtime.repository import OUTSIDE_ALLOWED_DIRS
+from tests.conftest import LORA_KEY, LORA_OPERATOR_KEY
 from tests.runtime.conftest import MODEL, QUESTION, v2_body
 from tests.runtime.test_generate import stream_events
 from tests.support.lora import peft_greedy
@@ -31,8 +33,10 @@ from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-KEY = LORA_KEY
+KEY = LORA_KEY  # the inference key: every client's
 AUTH = {"authorization": f"Bearer {KEY}"}
+OPERATOR_KEY = LORA_OPERATOR_KEY  # the operator key: loads and unloads, nothing else
+OPERATOR = {"authorization": f"Bearer {OPERATOR_KEY}"}
 PROMPT = "My favourite food is"  # the example adapters change the base model's answer at once
 TOKENS = 16
 STATIC = ("attn-a", "mlp-b")  # started with the server (--lora-modules, both syntaxes)
@@ -116,7 +120,8 @@ def tokenizer(model_dir: str) -> Any:
 @pytest.fixture(scope="module")
 def server(lora_server: ServerProcess) -> ServerProcess:
     """The session's LoRA server (tests/conftest.py): static ``attn-a`` and ``mlp-b``, loading
-    on, ``--max_adapters 3``, two adapter slots, the key ``KEY``."""
+    on (from the adapter cache and ``lora_allowed_dir``), ``--max_adapters 3``, two adapter
+    slots, the inference key ``KEY``, the operator key ``OPERATOR_KEY``, operator routes on."""
     return lora_server
 
 
@@ -268,7 +273,7 @@ def test_load_use_unload_on_every_protocol(server: ServerProcess, http: httpx.Cl
                                            reference: dict[str, list[int]], tokenizer: Any,
                                            lora_adapters: dict[str, Path]) -> None:
     # REST load with KServe's repository path and the adapter's folder as a parameter.
-    r = http.post("/v2/repository/models/attn-c/load",
+    r = http.post("/v2/repository/models/attn-c/load", headers=OPERATOR,
                   json={"parameters": {"lora_path": str(lora_adapters["attn-c"])}})
     assert r.status_code == 200 and r.json() == {"name": "attn-c", "load": True}, r.text
     assert_served_as(server, http, "attn-c", reference["attn-c"], tokenizer)
@@ -277,23 +282,25 @@ def test_load_use_unload_on_every_protocol(server: ServerProcess, http: httpx.Cl
     assert any(k.startswith("kserve_llm_time_to_first_token_seconds_count") for k in counted)
     assert counted['kserve_llm_generation_tokens_total{model="attn-c",protocol="openai"}'] \
         == TOKENS
-    r = http.post("/v2/repository/models/attn-c/unload")
+    r = http.post("/v2/repository/models/attn-c/unload", headers=OPERATOR)
     assert r.status_code == 200 and r.json() == {"name": "attn-c", "unload": True}, r.text
     assert_not_served(server, http, "attn-c")
     assert series(http, "attn-c") == {}, "an unloaded adapter's series must go"
 
     # gRPC: tritonclient's load_model carries the folder in its `config` JSON.
     config = json.dumps({"lora_path": str(lora_adapters["mlp-d"])})
-    assert grpc(server, [{"op": "load", "model": "mlp-d", "config": config}]) == [{"ok": True}]
+    assert grpc(server, [{"op": "load", "model": "mlp-d", "config": config}],
+                key=OPERATOR_KEY) == [{"ok": True}]
     assert_served_as(server, http, "mlp-d", reference["mlp-d"], tokenizer)
-    assert grpc(server, [{"op": "unload", "model": "mlp-d"}]) == [{"ok": True}]
+    assert grpc(server, [{"op": "unload", "model": "mlp-d"}], key=OPERATOR_KEY) == [
+        {"ok": True}]
     assert_not_served(server, http, "mlp-d")
     assert_served_as(server, http, MODEL, reference[MODEL], tokenizer)
 
 
 def test_unload_lets_running_requests_finish(server: ServerProcess, http: httpx.Client,
                                              lora_adapters: dict[str, Path]) -> None:
-    r = http.post("/v2/repository/models/attn-c/load",
+    r = http.post("/v2/repository/models/attn-c/load", headers=OPERATOR,
                   json={"parameters": {"lora_path": str(lora_adapters["attn-c"])}})
     assert r.status_code == 200, r.text
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -303,7 +310,7 @@ def test_unload_lets_running_requests_finish(server: ServerProcess, http: httpx.
         while not series(http, "attn-c") and time.monotonic() < deadline:
             time.sleep(0.05)  # until the request is counted as in flight
         time.sleep(0.5)
-        unload = http.post("/v2/repository/models/attn-c/unload")
+        unload = http.post("/v2/repository/models/attn-c/unload", headers=OPERATOR)
         answer = running.result(timeout=300)
     assert unload.status_code == 200, unload.text
     assert answer.status_code == 200, answer.text
@@ -318,14 +325,15 @@ def _folder(tmp: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bad_folders(tmp_path_factory: pytest.TempPathFactory, model_dir: str,
+def bad_folders(lora_allowed_dir: Path, model_dir: str,
                 lora_adapters: dict[str, Path]) -> dict[str, tuple[str, str]]:
-    """Folder -> the words the 4xx must contain."""
+    """Folder (inside an allowed folder) -> the words the 4xx must contain."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from deployment.adapters import AdapterSpec, build_adapter
 
-    tmp = tmp_path_factory.mktemp("bad-adapters")
+    tmp = lora_allowed_dir / "bad"
+    tmp.mkdir()
     not_adapter = _folder(tmp, "not-adapter")
     (not_adapter / "README.md").write_text("no adapter here")
     pickled = _folder(tmp, "pickled")
@@ -352,11 +360,12 @@ def test_bad_loads_are_4xx_that_say_why_and_the_server_keeps_serving(
         server: ServerProcess, http: httpx.Client,
         bad_folders: dict[str, tuple[str, str]]) -> None:
     for case, (folder, words) in bad_folders.items():
-        r = http.post("/v2/repository/models/bad/load",
+        r = http.post("/v2/repository/models/bad/load", headers=OPERATOR,
                       json={"parameters": {"lora_path": folder}})
         assert r.status_code == 400 and words in r.json()["error"], (case, r.text)
         (answer,) = grpc(server, [{"op": "load", "model": "bad",
-                                   "config": json.dumps({"lora_path": folder})}])
+                                   "config": json.dumps({"lora_path": folder})}],
+                         key=OPERATOR_KEY)
         assert answer["status"] == "StatusCode.INVALID_ARGUMENT", (case, answer)
         assert words in answer["error"], (case, answer)
     wrong = [({"parameters": {"lora_path": 7}}, "must be a non-empty string"),
@@ -365,47 +374,132 @@ def test_bad_loads_are_4xx_that_say_why_and_the_server_keeps_serving(
              ({"parameters": {"config": "{not json"}}, "config"),
              ([1, 2], "JSON object")]
     for body, words in wrong:
-        r = http.post("/v2/repository/models/bad/load", json=body)
+        r = http.post("/v2/repository/models/bad/load", json=body, headers=OPERATOR)
         assert r.status_code == 400 and words in r.json()["error"], (body, r.text)
     r = http.post("/v2/repository/models/bad/load", content=b"{", headers={
-        "content-type": "application/json"})
+        "content-type": "application/json", **OPERATOR})
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"], r.text
-    r = http.post("/v2/repository/models/bad%20name/load",
+    r = http.post("/v2/repository/models/bad%20name/load", headers=OPERATOR,
                   json={"parameters": {"lora_path": "/tmp"}})
     assert r.status_code == 400 and "not allowed" in r.json()["error"], r.text
     # The base model can be neither loaded over nor unloaded; a name is loaded once.
-    r = http.post(f"/v2/repository/models/{MODEL}/unload")
+    r = http.post(f"/v2/repository/models/{MODEL}/unload", headers=OPERATOR)
     assert r.status_code == 403 and "base model" in r.json()["error"], r.text
-    (answer,) = grpc(server, [{"op": "unload", "model": MODEL}])
+    (answer,) = grpc(server, [{"op": "unload", "model": MODEL}], key=OPERATOR_KEY)
     assert answer["status"] == "StatusCode.PERMISSION_DENIED", answer
-    r = http.post("/v2/repository/models/attn-a/load", json={"parameters": {"lora_path": "/x"}})
+    assert "base model" in answer["error"], answer
+    r = http.post("/v2/repository/models/attn-a/load", headers=OPERATOR,
+                  json={"parameters": {"lora_path": "/x"}})
     assert r.status_code == 409 and "already loaded" in r.json()["error"], r.text
-    r = http.post("/v2/repository/models/never-loaded/unload")
+    r = http.post("/v2/repository/models/never-loaded/unload", headers=OPERATOR)
     assert r.status_code == 404, r.text
     assert http.post("/v2/repository/index").status_code == 200
     assert_serving(http)
     assert "Traceback" not in server.log()
 
 
-def test_loading_needs_the_key_and_is_bounded(server: ServerProcess, http: httpx.Client,
-                                              lora_adapters: dict[str, Path]) -> None:
+def test_loading_needs_the_operator_key_and_is_bounded(
+        server: ServerProcess, http: httpx.Client, lora_adapters: dict[str, Path]) -> None:
+    """Only the operator key loads and unloads (401 without a key, 403 with the inference
+    key: a client is not an operator), and the operator key is no inference key."""
     body = {"parameters": {"lora_path": str(lora_adapters["attn-c"])}}
     r = httpx.post(server.url + "/v2/repository/models/attn-c/load", json=body, timeout=60)
     assert r.status_code == 401, r.text
     (answer,) = grpc(server, [{"op": "unload", "model": "attn-a"}], key="")
     assert answer["status"] == "StatusCode.UNAUTHENTICATED", answer
+    r = http.post("/v2/repository/models/attn-c/load", json=body)  # the inference key
+    assert r.status_code == 403 and "operator key" in r.json()["error"], r.text
+    r = http.post("/v2/repository/models/attn-a/unload")  # a client unloading another's
+    assert r.status_code == 403 and "operator key" in r.json()["error"], r.text
+    answers = grpc(server, [{"op": "unload", "model": "attn-a"},
+                            {"op": "load", "model": "attn-c",
+                             "config": json.dumps(body["parameters"])}])
+    assert [a["status"] for a in answers] == ["StatusCode.PERMISSION_DENIED"] * 2, answers
+    r = http.post(f"/v2/models/{MODEL}/generate", headers=OPERATOR, json={"text_input": "hi"})
+    assert r.status_code == 401, r.text
+    assert_not_served(server, http, "attn-c")
+    assert http.get("/v2/models/attn-a/ready").json() == {"name": "attn-a", "ready": True}
     # --max_adapters 3: two static adapters + one loaded, then the fourth is refused.
-    assert http.post("/v2/repository/models/attn-c/load", json=body).status_code == 200
-    r = http.post("/v2/repository/models/mlp-d/load",
+    r = http.post("/v2/repository/models/attn-c/load", json=body, headers=OPERATOR)
+    assert r.status_code == 200, r.text
+    r = http.post("/v2/repository/models/mlp-d/load", headers=OPERATOR,
                   json={"parameters": {"lora_path": str(lora_adapters["mlp-d"])}})
     assert r.status_code == 400 and "--max_adapters 3" in r.json()["error"], r.text
-    assert http.post("/v2/repository/models/attn-c/unload").status_code == 200
+    r = http.post("/v2/repository/models/attn-c/unload", headers=OPERATOR)
+    assert r.status_code == 200, r.text
 
 
-def test_loading_is_off_by_default(predictor: ServerProcess) -> None:
-    r = httpx.post(predictor.url + "/v2/repository/models/a1/load",
-                   json={"parameters": {"lora_path": "/tmp"}}, timeout=60)
-    assert r.status_code == 403 and "--enable_adapter_loading" in r.json()["error"], r.text
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory: pytest.TempPathFactory, lora_allowed_dir: Path,
+            lora_adapters: dict[str, Path]) -> dict[str, str]:
+    """Paths outside the allowed folders, of every kind (a name -> the path)."""
+    tmp = tmp_path_factory.mktemp("outside-adapters")
+    real = tmp / "attn-c"
+    shutil.copytree(lora_adapters["attn-c"], real)  # a good adapter, in the wrong place
+    (tmp / "file").write_text("not a folder")
+    links = lora_allowed_dir / "links"
+    links.mkdir()
+    (links / "escape").symlink_to(real, target_is_directory=True)
+    (links / "dangling").symlink_to(tmp / "nowhere")
+    return {"a real adapter": str(real), "a missing folder": str(tmp / "nowhere"),
+            "a file": str(tmp / "file"), "a symlink out": str(links / "escape"),
+            "a dangling symlink out": str(links / "dangling"),
+            "dot-dot": f"{lora_allowed_dir}/../{tmp.name}/attn-c", "the root": "/"}
+
+
+def test_paths_outside_the_allowed_dirs_get_one_answer(server: ServerProcess,
+                                                       http: httpx.Client,
+                                                       outside: dict[str, str]) -> None:
+    """--allowed_adapter_dirs: whatever lies at a path outside them (an adapter, nothing, a
+    file, a symlink's target), REST and gRPC give the same 403 / PERMISSION_DENIED, which
+    does not say whether the path exists; and nothing is loaded."""
+    for case, path in outside.items():
+        r = http.post("/v2/repository/models/out/load", headers=OPERATOR,
+                      json={"parameters": {"lora_path": path}})
+        assert r.status_code == 403 and r.json() == {"error": OUTSIDE_ALLOWED_DIRS}, (case, r.text)
+        (answer,) = grpc(server, [{"op": "load", "model": "out",
+                                   "config": json.dumps({"lora_path": path})}],
+                         key=OPERATOR_KEY)
+        assert answer == {"error": OUTSIDE_ALLOWED_DIRS,
+                          "status": "StatusCode.PERMISSION_DENIED"}, (case, answer)
+    assert_not_served(server, http, "out")
+    assert "Traceback" not in server.log()
+
+
+def test_vllms_lora_route_goes_through_the_runtimes_checks(
+        server: ServerProcess, http: httpx.Client, reference: dict[str, list[int]],
+        tokenizer: Any, lora_adapters: dict[str, Path], bad_folders: dict[str, tuple[str, str]],
+        outside: dict[str, str]) -> None:
+    """vLLM's operator route ``/openai/v1/load_lora_adapter`` (``--enable_operator_routes``)
+    is the repository load: operator key, allowed folders, the folder checks, the names and
+    --max_adapters; what it loads is a served model on every route; unload likewise."""
+    def load(name: str, path: str, headers: dict[str, str] = OPERATOR) -> httpx.Response:
+        return http.post("/openai/v1/load_lora_adapter", headers=headers,
+                         json={"lora_name": name, "lora_path": path})
+
+    folder = str(lora_adapters["attn-c"])
+    assert load("attn-c", folder, AUTH).status_code == 403  # the inference key
+    for case, (path, words) in bad_folders.items():
+        r = load("bad", path)
+        assert r.status_code == 400 and words in r.json()["error"]["message"], (case, r.text)
+    r = load("out", outside["a real adapter"])
+    assert r.status_code == 403 and r.json()["error"]["message"] == OUTSIDE_ALLOWED_DIRS
+    assert load(MODEL, folder).status_code == 403
+    r = load("attn-c", folder)
+    assert r.status_code == 200, r.text
+    assert r.text == "Success: LoRA adapter 'attn-c' added successfully."  # vLLM's answer
+    text = tokenizer.decode(reference["attn-c"], skip_special_tokens=True)
+    assert generate_text(http, "attn-c") == text and openai_ids(server, "attn-c") == \
+        reference["attn-c"]
+    r = load("mlp-d", str(lora_adapters["mlp-d"]))  # 2 static + 1: --max_adapters 3
+    assert r.status_code == 400 and "--max_adapters 3" in r.json()["error"]["message"], r.text
+    r = http.post("/openai/v1/unload_lora_adapter", headers=AUTH, json={"lora_name": "attn-c"})
+    assert r.status_code == 403, r.text
+    r = http.post("/openai/v1/unload_lora_adapter", headers=OPERATOR,
+                  json={"lora_name": "attn-c"})
+    assert r.status_code == 200, r.text
+    assert r.text == "Success: LoRA adapter 'attn-c' removed successfully."
+    assert_not_served(server, http, "attn-c")
 
 
 def test_adapter_loading_without_lora_in_the_engine_is_refused_at_start(model_dir: str) -> None:
@@ -413,11 +507,37 @@ def test_adapter_loading_without_lora_in_the_engine_is_refused_at_start(model_di
 
     out = subprocess.run(runtime_command(
         model_dir=model_dir, http_port=free_port(), grpc_port=free_port(),
-        extra=["--enable_adapter_loading", "true"]), capture_output=True, text=True,
+        extra=["--enable_adapter_loading", "true", "--operator_key", "op",
+               f"--allowed_adapter_dirs={model_dir}"]), capture_output=True, text=True,
         timeout=300, cwd=REPO)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "--enable_adapter_loading needs vLLM's --enable-lora" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--api_key", "same-key", "--operator_key", "same-key"],
+     "the operator key must differ from the inference key"),
+    (["--enable_adapter_loading", "true", "--enable-lora", "--allowed_adapter_dirs", "."],
+     "--enable_adapter_loading requires an operator key"),
+    (["--enable_adapter_loading", "true", "--enable-lora", "--operator_key", "op"],
+     "--enable_adapter_loading needs --allowed_adapter_dirs"),
+    (["--enable_operator_routes", "true", "--api_key", "k"],
+     "--enable_operator_routes requires an operator key"),
+])
+def test_operator_settings_that_cannot_be_honoured_refuse_to_start(
+        model_dir: str, extra: list[str], needle: str) -> None:
+    """Exit 2 with one line, before any engine: the same key for both roles, adapter loading
+    or operator routes without an operator key, loading without allowed folders."""
+    from tests.support.server import REPO, free_port, runtime_command
+
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "OPERATOR_API_KEY")}
+    out = subprocess.run(runtime_command(
+        model_dir=model_dir, http_port=free_port(), grpc_port=free_port(), extra=extra),
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "same-key" not in out.stderr
 
 
 @pytest.mark.parametrize("path,body", [
@@ -439,3 +559,12 @@ def test_prompt_logprobs_are_refused_rather_than_stopping_the_engine(
     r = http.post("/openai/v1/completions", json={"model": MODEL, "prompt": PROMPT,
                                                   "max_tokens": 2, "temperature": 0})
     assert r.status_code == 200, r.text
+
+
+def test_loading_is_off_by_default(predictor: ServerProcess) -> None:
+    """Last here: the session's predictor starts after the LoRA server has stopped (when this
+    module runs alone). Without an operator key, operator actions are off."""
+    r = httpx.post(predictor.url + "/v2/repository/models/a1/load",
+                   json={"parameters": {"lora_path": "/tmp"}}, timeout=60)
+    assert r.status_code == 403 and "--enable_adapter_loading" in r.json()["error"], r.text
+    assert "--operator_key" in r.json()["error"], r.text

@@ -63,9 +63,10 @@ def test_operator_routes_without_a_key_refuse_to_start(model_dir: str) -> None:
     out = subprocess.run(runtime_command(
         model_dir=model_dir, http_port=free_port(), grpc_port=free_port(),
         extra=["--enable_operator_routes", "true"]), capture_output=True, text=True,
-        timeout=300, cwd=REPO, env={k: v for k, v in os.environ.items() if k != "API_KEY"})
+        timeout=300, cwd=REPO, env={k: v for k, v in os.environ.items()
+                                    if k not in ("API_KEY", "OPERATOR_API_KEY")})
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "--enable_operator_routes requires an API key" in out.stderr
+    assert "--enable_operator_routes requires an operator key" in out.stderr
     assert "Traceback" not in out.stderr
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from runtime.routes import OPERATOR_PATHS
-from tests.conftest import GUARDED_KEY
+from tests.conftest import GUARDED_KEY, GUARDED_OPERATOR_KEY
 from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
 from tests.support.metrics import metric_sum
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 KEY = GUARDED_KEY
 AUTH = {"authorization": f"Bearer {KEY}"}
+OPERATOR = {"authorization": f"Bearer {GUARDED_OPERATOR_KEY}"}  # operator routes only
 DEFAULT_MAX_TOKENS = 5  # the guarded server's --default_max_tokens
 
 
@@ -192,37 +193,53 @@ def test_grpc_key_on_every_rpc_but_health(guarded) -> None:
 
 
 def test_operator_routes_only_with_the_key(guarded) -> None:
-    """--enable_operator_routes serves vLLM's operator routes, and only with the key (the
-    shared server, without the flag, answers 404: tests/runtime/test_routes_served.py)."""
+    """--enable_operator_routes serves vLLM's operator routes, and only with the operator key
+    (the shared server, without the flag, answers 404: tests/runtime/test_routes_served.py):
+    401 without a key, 403 with the inference key, which is not an operator's."""
     r = httpx.post(guarded.url + "/openai/is_scaling_elastic_ep", timeout=30)
     assert r.status_code == 401
     r = httpx.post(guarded.url + "/openai/is_scaling_elastic_ep", headers=AUTH, timeout=30)
+    assert r.status_code == 403 and "operator key" in r.json()["error"]["message"], r.text
+    r = httpx.post(guarded.url + "/openai/is_scaling_elastic_ep", headers=OPERATOR, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"is_scaling_elastic_ep": False}
-    r = httpx.post(guarded.url + "/openai/invocations", headers=AUTH, timeout=30, json={})
+    r = httpx.post(guarded.url + "/openai/v1/chat/completions/batch", headers=OPERATOR,
+                   timeout=30, json={})
     assert r.status_code == 404  # not an operator route: still outside the allowlist
+    r = httpx.post(guarded.url + "/v2/models/smollm2/generate", headers=OPERATOR, timeout=30,
+                   json={"text_input": "hi"})
+    assert r.status_code == 401  # and the operator key is no inference key
 
 
-# What vLLM's own app answers each operator path with the key, on this server: 404 from vLLM's
-# router where its own env switch (VLLM_SERVER_DEV_MODE, VLLM_ALLOW_RUNTIME_LORA_UPDATING) is off
-# and the route is not registered, 200 / 400 where it is. FastAPI's 404 body, not the runtime's
-# own (``{"error": ...}``), shows the request passed the allowlist and reached vLLM.
+# What vLLM's own app answers each operator path with the operator key, on this server: 404
+# from vLLM's router where its own env switch (VLLM_SERVER_DEV_MODE) is off and the route is not
+# registered, 200 / 400 where it is. FastAPI's 404 body, not the runtime's own
+# (``{"error": ...}``), shows the request passed the allowlist and reached vLLM. vLLM's LoRA
+# load/unload are the runtime's repository load/unload (its checks; here, no lora_name: 400).
 VLLM_NOT_FOUND = {"detail": "Not Found"}
-OPERATOR_ANSWERS = {"/is_scaling_elastic_ep": 200, "/scale_elastic_ep": 400}
+OPERATOR_ANSWERS = {"/is_scaling_elastic_ep": 200, "/scale_elastic_ep": 400,
+                    "/v1/load_lora_adapter": 400, "/v1/unload_lora_adapter": 400}
+RUNTIME_ANSWERS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
 @pytest.mark.parametrize("path", sorted(OPERATOR_PATHS))
 def test_every_operator_route_needs_the_key(guarded, path: str) -> None:
     """Every operator path (LoRA load/unload, sleep/wake, profiling, prefix-cache reset,
-    elastic EP) is refused without the key; with it, the request reaches vLLM's app, which
-    answers as it does without the runtime, never a 5xx; and the server keeps serving."""
+    elastic EP) is refused without a key (401) and with the inference key (403); with the
+    operator key, the request reaches vLLM's app, which answers as it does without the
+    runtime, never a 5xx (LoRA load/unload: the runtime's repository, in OpenAI's error
+    shape); and the server keeps serving."""
     r = httpx.post(guarded.url + "/openai" + path, json={}, timeout=30)
     assert r.status_code == 401, r.text
     r = httpx.post(guarded.url + "/openai" + path, json={}, headers=AUTH, timeout=30)
+    assert r.status_code == 403, r.text
+    r = httpx.post(guarded.url + "/openai" + path, json={}, headers=OPERATOR, timeout=30)
     expected = OPERATOR_ANSWERS.get(path, 404)
     assert r.status_code == expected, (path, r.status_code, r.text)
     if expected == 404:
         assert r.json() == VLLM_NOT_FOUND, (path, r.text)
+    if path in RUNTIME_ANSWERS:
+        assert "lora_name" in r.json()["error"]["message"], (path, r.text)
     r = httpx.post(guarded.url + "/v2/models/smollm2/generate", headers=AUTH, timeout=60,
                    json={"text_input": "hi", "parameters": {"max_tokens": 1}})
     assert r.status_code == 200, r.text

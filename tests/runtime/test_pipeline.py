@@ -147,7 +147,13 @@ def test_oversized_body_is_413_in_the_protocol_shape() -> None:
     assert r.status_code == 413 and "--max_request_bytes" in r.json()["error"]
 
 
-def post_bytes(assembled: Assembled, path: str, body: bytes, *, chunked: bool) -> httpx.Response:
+# The repository's load is an operator action: these tests' servers have an operator key.
+OPERATOR_KEY = "operator-key"
+OPERATOR = {"authorization": f"Bearer {OPERATOR_KEY}"}
+
+
+def post_bytes(assembled: Assembled, path: str, body: bytes, *, chunked: bool,
+               headers: dict[str, str] | None = None) -> httpx.Response:
     """POST exactly ``body``: with a Content-Length, or streamed without one (chunked)."""
     async def pieces() -> Any:
         for i in range(0, len(body), 4096):
@@ -157,7 +163,8 @@ def post_bytes(assembled: Assembled, path: str, body: bytes, *, chunked: bool) -
         transport = httpx.ASGITransport(app=assembled.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             return await client.post(path, content=pieces() if chunked else body,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              **(headers or {})})
 
     return asyncio.run(go())
 
@@ -180,14 +187,14 @@ def test_max_request_bytes_is_the_exact_boundary(path: str, body: dict[str, Any]
     """A body of exactly --max_request_bytes passes the size check; one byte more is a 413 in
     the route's shape, whether the size is announced (Content-Length) or not (chunked)."""
     limit = 64 * 1024
-    assembled = assemble(max_request_bytes=limit)
+    assembled = assemble(max_request_bytes=limit, operator_key=OPERATOR_KEY)
     at_limit = padded(body, key, limit)
     if path.endswith(":predict"):
         at_limit = padded({"instances": ["hi"], **body}, key, limit)
     assert len(at_limit) == limit
-    r = post_bytes(assembled, path, at_limit, chunked=chunked)
+    r = post_bytes(assembled, path, at_limit, chunked=chunked, headers=OPERATOR)
     assert r.status_code != 413, r.text
-    r = post_bytes(assembled, path, at_limit[:-1] + b" }", chunked=chunked)
+    r = post_bytes(assembled, path, at_limit[:-1] + b" }", chunked=chunked, headers=OPERATOR)
     assert r.status_code == 413, r.text
     error = r.json()["error"]
     assert "--max_request_bytes" in (error["message"] if isinstance(error, dict) else error)
@@ -237,7 +244,8 @@ def test_deeply_nested_json_is_a_400_in_shape(path: str, template: bytes, depth:
     with a traceback) or past the runtime's bound (``MAX_JSON_DEPTH``, 128) is a 400 in the
     route's shape; v2 infer's body is KServe's to parse and validate (its own 400: parameters
     are scalars there)."""
-    r = post_bytes(assemble(), path, template % nested(depth), chunked=False)
+    r = post_bytes(assemble(operator_key=OPERATOR_KEY), path, template % nested(depth),
+                   chunked=False, headers=OPERATOR)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     message = error["message"] if isinstance(error, dict) else error

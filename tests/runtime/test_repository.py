@@ -5,6 +5,7 @@ adapter's real output is proven against the real process (test_adapters.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,14 +155,15 @@ def _app(tmp_path: Path, **settings: Any) -> Any:
 
 
 def test_load_serve_and_unload_through_the_rest_routes(tmp_path: Path) -> None:
-    app = _app(tmp_path, enable_adapter_loading=True, api_key="k")
-    key = {"authorization": "Bearer k"}
+    app = _app(tmp_path, enable_adapter_loading=True, api_key="k", operator_key="op",
+               allowed_adapter_dirs=[str(tmp_path)])
+    key, operator = {"authorization": "Bearer k"}, {"authorization": "Bearer op"}
     folder = str(write_adapter(tmp_path / "a1"))
     body = {"parameters": {"lora_path": folder}}
     assert send(app, "POST", "/v2/repository/models/a1/load", body).status_code == 401
-    r = send(app, "POST", "/v2/repository/models/a1/load", body, key)
+    r = send(app, "POST", "/v2/repository/models/a1/load", body, operator)
     assert r.status_code == 200 and r.json() == {"name": "a1", "load": True}, r.text
-    assert app.engine.loaded == {"a1": folder}
+    assert app.engine.loaded == {"a1": os.path.realpath(folder)}
     assert send(app, "GET", "/v2/models/a1", headers=key).json()["name"] == "a1"
     index = send(app, "POST", "/v2/repository/index", {"ready": True}, key).json()
     assert {m["name"] for m in index} == {"smollm2", "a1"}
@@ -169,7 +171,7 @@ def test_load_serve_and_unload_through_the_rest_routes(tmp_path: Path) -> None:
     r = send(app, "POST", "/v2/models/a1/generate", {"text_input": "x y"}, key)
     assert r.status_code == 200 and r.json()["model_name"] == "a1", r.text
     assert requests_total(model="a1", protocol="v2-generate", outcome="success") == before + 1
-    r = send(app, "POST", "/v2/repository/models/a1/unload", None, key)
+    r = send(app, "POST", "/v2/repository/models/a1/unload", None, operator)
     assert r.status_code == 200 and r.json() == {"name": "a1", "unload": True}, r.text
     assert app.engine.loaded == {}
     assert requests_total(model="a1") == 0, "an unloaded adapter's series are dropped"
@@ -182,5 +184,14 @@ def test_loading_is_refused_unless_switched_on(tmp_path: Path) -> None:
     app = _app(tmp_path)
     r = send(app, "POST", "/v2/repository/models/a1/load", {"parameters": {"lora_path": "/x"}})
     assert r.status_code == 403 and "--enable_adapter_loading" in r.json()["error"], r.text
+    assert "--operator_key" in r.json()["error"], r.text
     r = send(app, "POST", "/v2/repository/models/smollm2/unload")
+    assert r.status_code == 403, r.text
+    # with an operator key and loading still off: the base model's own refusal, then "off"
+    app = _app(tmp_path, operator_key="op")
+    operator = {"authorization": "Bearer op"}
+    r = send(app, "POST", "/v2/repository/models/smollm2/unload", None, operator)
     assert r.status_code == 403 and "base model" in r.json()["error"], r.text
+    r = send(app, "POST", "/v2/repository/models/a1/load", {"parameters": {"lora_path": "/x"}},
+             operator)
+    assert r.status_code == 403 and "--enable_adapter_loading" in r.json()["error"], r.text

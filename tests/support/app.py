@@ -27,6 +27,7 @@ class Assembled:
     pipeline: Pipeline
     lifecycle: Lifecycle
     admission: Admission
+    repository: Any = None  # the model repository extension (load / unload)
 
 
 def assemble(*, engine: FakeEngine | None = None, state: State = State.READY,
@@ -56,4 +57,4 @@ def assemble(*, engine: FakeEngine | None = None, state: State = State.READY,
     rest._register_endpoints(app)
     rest._add_exception_handlers(app)
     rest._add_middlewares(app)  # KServe's timing middleware (kserve.trace), outside the gate
-    return Assembled(app, engine, pipeline, lifecycle, admission)
+    return Assembled(app, engine, pipeline, lifecycle, admission, extension)
