@@ -30,10 +30,13 @@ DOCUMENTED = {
     "max_adapters": 32,                 # "--max_adapters (32)", "(default 32, static ones ...)"
     "enable_adapter_loading": False,    # "--enable_adapter_loading (default off)"
     "enable_operator_routes": False,    # "--enable_operator_routes (default off)"
+    "allowed_adapter_dirs": [],         # "--allowed_adapter_dirs DIR[,DIR] (default none)"
     "protect_metrics": False,           # "--protect_metrics true to cover /metrics too"
     "limits.max_batch_size": 256,       # "--max_batch_size (256)"
     "limits.max_n": 16,                 # "--max_n (16)"
     "limits.max_stop_sequences": 32,    # "--max_stop_sequences (32)"
+    "limits.max_token_ids": 1024,       # "--max_token_ids (1024, each list)"
+    "limits.max_bad_words": 128,        # "--max_bad_words (128)"
     "limits.max_tokens": None,          # "--max_tokens_limit" (bounded by the context only)
     "limits.default_max_tokens": None,  # "default: --max_tokens_limit if set, else the context"
 }
