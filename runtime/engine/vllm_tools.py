@@ -8,23 +8,28 @@ tag (``hermes`` among them) takes over named and required tool choice, and for a
 
 Here, whatever the parser (or none), a forced call is decoded under one JSON schema built by
 vLLM's own ``get_json_schema_from_tools`` (named: the function's ``parameters``; required: an
-array of ``{"name", "parameters"}`` objects, one ``anyOf`` branch per offered function), with
-the request's ``tool_choice`` set to ``"none"`` so that vLLM's serving code returns the JSON as
-text. The answer is then rewritten into OpenAI tool calls: non-streamed from the parsed JSON,
-streamed with vLLM's own named/required streaming extractors, so the deltas are the ones vLLM's
-JSON path would send. ``"auto"`` stays with the configured parser; tools that do not say
-``"strict": false`` are marked strict, so a parser with a structural tag pins their arguments
-too (and ``tools`` with ``response_format`` become "a call that fits, or content that fits").
+array of ``{"name", "parameters"}`` objects, one ``anyOf`` branch per offered function, at most
+one item per offered function: ``maxItems``), compiled by xgrammar into a grammar that allows
+no free whitespace (vLLM 0.32 reads ``disable_any_whitespace`` from the server's config only,
+not from a request), with the request's ``tool_choice`` set to ``"none"`` so that vLLM's
+serving code returns the JSON as text. The answer is then rewritten into OpenAI tool calls, each
+call only once its JSON is complete: an answer cut by ``max_tokens`` keeps the calls completed
+before the cut (or none) and never returns the grammar's text as content, whole or streamed.
+``"auto"`` stays with the configured parser; tools that do not say ``"strict": false`` are
+marked strict, so a parser with a structural tag pins their arguments too (and ``tools`` with
+``response_format`` become "a call that fits, or content that fits").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import xgrammar
 from vllm.entrypoints.generate.base.protocol import FunctionCall, ToolCall
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionNamedToolChoiceParam,
@@ -33,10 +38,6 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 from vllm.exceptions import VLLMValidationError
 from vllm.renderers.chat_utils import make_tool_call_id
 from vllm.sampling_params import SamplingParams, StructuredOutputsParams
-from vllm.tool_parsers.streaming import (
-    extract_named_tool_call_streaming,
-    extract_required_tool_call_streaming,
-)
 from vllm.tool_parsers.utils import get_json_schema_from_tools
 
 from runtime.engine import structured
@@ -74,65 +75,99 @@ def verify(request: Any, engine_client: Any) -> None:
         raise ClientError(str(exc)) from None
 
 
+class _Values:
+    """The complete JSON values of a forced answer as its text arrives: the whole object
+    (named call, ``level`` 0) or each object of the array (required, ``level`` 1)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+        self.current: list[str] = []
+
+    def feed(self, text: str) -> list[str]:
+        done = []
+        for ch in text:
+            inside = self.depth > self.level
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+                inside = self.depth > self.level
+            elif ch in "}]":
+                self.depth -= 1
+                if inside and self.depth == self.level:
+                    self.current.append(ch)
+                    done.append("".join(self.current))
+                    self.current = []
+                    continue
+            if inside:
+                self.current.append(ch)
+        return done
+
+
 @dataclass
 class ForcedTools:
     """A chat request whose tool call the runtime decodes and writes (named or required)."""
 
     name: str | None  # the named function; None for "required"
-    texts: dict[int, str] = field(default_factory=dict)  # streamed JSON so far, per choice
-    announced: dict[int, bool] = field(default_factory=dict)
+    values: dict[int, _Values] = field(default_factory=dict)  # streamed text so far, per choice
+    sent: dict[int, int] = field(default_factory=dict)  # calls sent so far, per choice
 
-    def calls(self, text: str) -> list[tuple[str, str]] | None:
-        """(name, arguments) of each call in a complete answer; None if it is not complete
-        JSON (the answer was cut by ``max_tokens``)."""
+    def _call(self, text: str) -> tuple[str, str] | None:
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             return None
         if self.name is not None:
-            return [(self.name, json.dumps(value, ensure_ascii=False))]
-        if not isinstance(value, list) or not all(
-                isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+            return self.name, json.dumps(value, ensure_ascii=False)
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             return None
-        return [(v["name"], json.dumps(v.get("parameters", {}), ensure_ascii=False))
-                for v in value]
+        return value["name"], json.dumps(value.get("parameters", {}), ensure_ascii=False)
+
+    def _complete(self, scanner: _Values, text: str) -> list[tuple[str, str]]:
+        return [call for call in map(self._call, scanner.feed(text)) if call is not None]
+
+    def calls(self, text: str) -> list[tuple[str, str]]:
+        """(name, arguments) of each complete call in an answer: all of them, or those
+        completed before a cut by ``max_tokens`` (none if it was cut inside the first)."""
+        return self._complete(_Values(0 if self.name is not None else 1), text)
 
     def finish(self, response: ChatCompletionResponse) -> ChatCompletionResponse:
         """Rewrite each choice's JSON content into tool calls (OpenAI: content null; finish
-        ``tool_calls`` for required, ``stop`` for a named function)."""
+        ``tool_calls`` for required, ``stop`` for a named function; ``length`` when cut)."""
         for choice in response.choices:
             calls = self.calls(choice.message.content or "")
-            if calls is None:
-                continue  # cut short: the text stays, finish_reason says "length"
             choice.message.tool_calls = [
                 ToolCall(id=make_tool_call_id(), function=FunctionCall(name=n, arguments=a))
                 for n, a in calls]
-            choice.message.content = None
-            if self.name is None and choice.finish_reason == "stop":
+            choice.message.content = None  # the grammar's text is never the answer
+            if self.name is None and calls and choice.finish_reason == "stop":
                 choice.finish_reason = "tool_calls"
         return response
 
     def _delta(self, index: int, piece: str) -> list[dict[str, Any]]:
-        previous = self.texts.get(index, "")
-        current = previous + piece
-        self.texts[index] = current
-        if self.name is not None:
-            message, announced = extract_named_tool_call_streaming(
-                delta_text=piece, function_name=self.name,
-                function_name_returned=self.announced.get(index, False), tool_call_idx=None,
-                tool_call_id_type="random", tokenizer=None)
-        else:
-            message, announced = extract_required_tool_call_streaming(
-                previous_text=previous, current_text=current, tool_call_idx=None,
-                tool_call_id_type="random")
-        self.announced[index] = announced
-        if message is None or not message.tool_calls:
-            return []
-        return [tc.model_dump(exclude_none=True) for tc in message.tool_calls]
+        scanner = self.values.setdefault(index, _Values(0 if self.name is not None else 1))
+        out = []
+        for name, arguments in self._complete(scanner, piece):
+            n = self.sent.get(index, 0)
+            self.sent[index] = n + 1
+            out.append({"index": n, "id": make_tool_call_id(), "type": "function",
+                        "function": {"name": name, "arguments": arguments}})
+        return out
 
     async def stream(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
-        """vLLM's server-sent events with each choice's JSON text turned into tool-call
-        deltas (the first carries the id and the name)."""
+        """vLLM's server-sent events with each choice's JSON text turned into tool calls, each
+        sent whole (id, name and arguments in one delta) once its JSON is complete, so a cut
+        answer has sent only complete calls."""
         try:
             async for event in events:
                 payload = event.removeprefix("data: ").strip()
@@ -143,14 +178,16 @@ class ForcedTools:
                 for choice in obj.get("choices") or ():
                     delta = choice.get("delta") or {}
                     piece = delta.pop("content", None)
+                    index = int(choice.get("index", 0))
                     if piece:
-                        calls = self._delta(int(choice.get("index", 0)), piece)
+                        calls = self._delta(index, piece)
                         if calls:
                             delta["tool_calls"] = calls
                     elif piece is not None and "role" in delta:
                         delta["content"] = None
                     choice["delta"] = delta
-                    if self.name is None and choice.get("finish_reason") == "stop":
+                    if self.name is None and choice.get("finish_reason") == "stop" and \
+                            self.sent.get(index):
                         choice["finish_reason"] = "tool_calls"
                 yield f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
         finally:
@@ -176,12 +213,38 @@ def force(request: Any) -> ForcedTools | None:
     try:
         schema = get_json_schema_from_tools(tool_choice=choice, tools=tools,
                                             parallel_tool_calls=request.parallel_tool_calls)
-    except ValueError as exc:  # a name not offered, conflicting $defs
+    except (VLLMValidationError, ValueError) as exc:  # a name not offered, conflicting $defs
         raise ClientError(str(exc)) from None
-    request.structured_outputs = StructuredOutputsParams(json=schema)
+    request.structured_outputs = StructuredOutputsParams(grammar=grammar(schema))
     request.response_format = None  # a forced call is the answer (as vLLM's own JSON path)
     request.tool_choice = "none"
     return ForcedTools(name)
+
+
+def bounded(schema: Any) -> Any:
+    """The schema of a forced answer with its calls bounded: vLLM's array of calls has
+    ``maxItems`` 1 with ``parallel_tool_calls: false``; otherwise this adds one item per
+    offered function (SmolLM2 at temperature 1.0 repeats a call until ``max_tokens``)."""
+    if isinstance(schema, dict) and schema.get("type") == "array" and "maxItems" not in schema:
+        schema = {**schema, "maxItems": max(1, len(schema.get("items", {}).get("anyOf", ())))}
+    return schema
+
+
+def grammar(schema: Any) -> str:
+    """xgrammar's grammar (EBNF) for a forced answer's schema, bounded, with no whitespace
+    outside strings: the same compiler vLLM's default backend uses for a JSON schema, with
+    ``any_whitespace`` off, which vLLM 0.32 sets only server-wide."""
+    return _grammar(json.dumps(bounded(schema), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema: str) -> str:
+    try:
+        return str(xgrammar.Grammar.from_json_schema(schema, any_whitespace=False,
+                                                     separators=(",", ":")))
+    except Exception as exc:  # xgrammar's errors for a schema it cannot compile
+        raise ClientError(f"tools: a function's parameters are not a usable JSON schema: "
+                          f"{str(exc)[:300]}") from None
 
 
 def _strict(tool: Any) -> Any:

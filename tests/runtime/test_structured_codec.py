@@ -78,15 +78,15 @@ def test_distinct_bounded_repetitions_are_bounded() -> None:
 def test_named_call_arguments_are_the_json_answer() -> None:
     forced = vllm_tools.ForcedTools("get_weather")
     assert forced.calls('{"city": "Paris"}') == [("get_weather", '{"city": "Paris"}')]
-    assert forced.calls('{"city": "Par') is None  # cut by max_tokens: no call
+    assert forced.calls('{"city": "Par') == []  # cut by max_tokens: no call
 
 
 def test_required_calls_come_from_the_array() -> None:
     forced = vllm_tools.ForcedTools(None)
     text = '[{"name": "a", "parameters": {"x": 1}}, {"name": "b", "parameters": {}}]'
     assert forced.calls(text) == [("a", '{"x": 1}'), ("b", "{}")]
-    assert forced.calls('[{"name": "a", "parameters": {"x": ') is None
-    assert forced.calls('{"name": "a"}') is None
+    assert forced.calls('[{"name": "a", "parameters": {"x": ') == []  # cut: no call
+    assert forced.calls('{"name": "a"}') == []
 
 
 def _events(pieces: list[str], finish: str) -> list[str]:
