@@ -113,6 +113,10 @@ class Engine(abc.ABC):
     async def openai_models(self) -> Response:
         """``GET /openai/v1/models``."""
 
+    def version(self) -> dict[str, str]:
+        """``GET /version``: the engine's version, as vLLM's server answers it."""
+        return {"version": "unknown"}
+
     @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise if the engine cannot serve (its process died, it errored)."""

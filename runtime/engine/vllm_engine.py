@@ -126,6 +126,12 @@ class VLLMEngine(Engine):
         # vLLM's engine-error handler stops `app.state.server` when the engine dies; the mounted
         # app has none, and the runtime's supervisor owns that decision (health turns false).
         app.state.server = types.SimpleNamespace(should_exit=False)
+        # Nothing stored without bound: vLLM's Responses store (VLLM_ENABLE_RESPONSES_API_STORE)
+        # keeps every response forever; the runtime serves no retrieve/cancel, so it stays off
+        # (`store: true` is then ignored, as vLLM does by default).
+        responses = getattr(app.state, "openai_serving_responses", None)
+        if responses is not None:
+            responses.enable_store = False
         self.openai_app = app
         self.supported_tasks = tuple(tasks)
         if "generate" in tasks:
@@ -289,6 +295,10 @@ class VLLMEngine(Engine):
     # ---- OpenAI: vLLM's request objects and handlers (runtime.engine.vllm_openai) ----
 
     def openai_parse(self, kind: str, body: Any) -> Any:
+        state = self.openai_app.state if self.openai_app is not None else None
+        vllm_openai.supported(kind, state)  # a clear 404 before the body is read as that API
+        if kind == "invocations":
+            return vllm_openai.invocation(body, state)
         return vllm_openai.parse(kind, body)
 
     def openai_model(self, request: Any) -> str | None:
@@ -307,6 +317,11 @@ class VLLMEngine(Engine):
     async def openai_respond(self, kind: str, request: Any, raw_request: Any) -> Response:
         state = self.openai_app.state if self.openai_app is not None else None
         return await vllm_openai.respond(kind, request, state, raw_request)
+
+    def version(self) -> dict[str, str]:
+        from vllm import __version__
+
+        return {"version": str(__version__)}
 
     async def openai_models(self) -> Response:
         return await vllm_openai.list_models(

@@ -109,7 +109,8 @@ class Gate:
         """The pipeline's checks before any route runs; returns the resolved model."""
         pipeline = self.pipeline
         if route.kind is Kind.UNKNOWN:
-            raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}")
+            raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}"
+                                     + (f": {route.reason}" if route.reason else ""))
         exempt = route.kind is Kind.HEALTH or (
             route.kind is Kind.METRICS and not pipeline.protect_metrics)
         if route.kind in (Kind.REPOSITORY, Kind.OPERATOR):  # the operator key, and only it

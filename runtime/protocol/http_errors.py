@@ -25,8 +25,25 @@ from runtime.errors import ClientError, EngineUnavailableError, ServingError
 logger = logging.getLogger(__name__)
 
 
+# Anthropic's error types by status (its API reference, "Errors"); others: api_error.
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    503: "overloaded_error", 529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for an HTTP status."""
+    return ANTHROPIC_ERROR_TYPES.get(status, "invalid_request_error" if status < 500
+                                     else "api_error")
+
+
 def error_body(protocol: str | None, status: int, message: str) -> dict[str, Any]:
     """The error object of ``protocol``."""
+    if protocol == routes.ANTHROPIC:
+        return {"type": "error",
+                "error": {"type": anthropic_error_type(status), "message": message}}
     if protocol == routes.OPENAI:
         try:
             kind = HTTPStatus(status).phrase.replace(" ", "") + "Error"

@@ -1,4 +1,6 @@
-"""OpenAI API routes (``/openai/v1/...``, and ``/v1/...`` for completions, chat, embeddings).
+"""OpenAI API routes (``/openai/v1/...``, and unprefixed as vLLM serves them), and the other APIs
+vLLM's server answers: Responses, Anthropic's Messages, score, rerank, pooling, classify,
+audio, SageMaker's ``/invocations`` (the route table, ``runtime.routes``, lists them).
 
 Why the runtime's own routes: each body is read once, validated once into vLLM's request
 object by the engine adapter, bounded by the limits on its validated values, admitted, and
@@ -10,11 +12,12 @@ lifecycle and the route; errors raised here are rendered in OpenAI's error shape
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from runtime import routes
 from runtime.engine.base import Engine
 from runtime.pipeline import Pipeline
-from runtime.protocol.json_body import read_json
+from runtime.protocol.json_body import read_form, read_json
 
 
 def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
@@ -22,7 +25,8 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
     router = APIRouter()
 
     async def serve(kind: str, request: Request) -> Response:
-        typed = engine.openai_parse(kind, await read_json(request))
+        body = await (read_form(request) if kind in routes.FORM_KINDS else read_json(request))
+        typed = engine.openai_parse(kind, body)
         requested = engine.openai_model(typed)
         call = getattr(request.state, "call", None)
         if call is not None:  # labelled before resolving: an unknown name counts as _other
@@ -43,6 +47,12 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
     for path in routes.UNPREFIXED_OPENAI:
         add(path, routes.OPENAI_ENDPOINTS[path])
 
+    async def version() -> Response:
+        return JSONResponse(engine.version())
+
+    for path in ("/version", "/openai/version"):
+        router.add_api_route(path, version, methods=["GET"])
+
     @router.get("/openai/v1/models")
     async def openai_models() -> Response:
         return await engine.openai_models()
@@ -51,6 +61,8 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
         router.add_api_route("/v1/models", openai_models, methods=["GET"])
 
     @router.get("/health")
+    @router.get("/ping")  # SageMaker's probe, next to its /invocations
+    @router.post("/ping")
     async def health() -> Response:
         """vLLM's probe: 200 (empty) while the engine serves, 503 otherwise (loading, draining,
         dead), as the runtime's readiness."""

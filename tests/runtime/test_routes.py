@@ -31,7 +31,7 @@ from tests.support.app import assemble
     ("/v1/completions", Kind.INFERENCE, routes.OPENAI, None),
     ("/openai/v1/models", Kind.METADATA, routes.OPENAI, None),
     ("/openai/scale_elastic_ep", Kind.UNKNOWN, routes.OPENAI, None),
-    ("/openai/v1/responses", Kind.UNKNOWN, routes.OPENAI, None),
+    ("/openai/v1/responses/render", Kind.UNKNOWN, routes.OPENAI, None),
     ("/openai/docs", Kind.UNKNOWN, routes.OPENAI, None),
     ("/docs", Kind.UNKNOWN, routes.V2_REST, None),
     ("/v1/models/m:explain", Kind.UNKNOWN, routes.V1_REST, None),

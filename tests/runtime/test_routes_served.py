@@ -50,8 +50,9 @@ def test_every_route_is_allowlisted_or_404(predictor: ServerProcess, http: httpx
         assert r.status_code < 500, (method, concrete, r.status_code, r.text[:200])
         checked += 1
     assert checked > 40
-    for path in ("/openai/scale_elastic_ep", "/openai/v1/responses", "/openai/invocations",
-                 "/openai/v1/messages", "/openai/load", "/openai/docs", "/openai/openapi.json"):
+    for path in ("/openai/scale_elastic_ep", "/openai/v1/responses/resp_1/cancel",
+                 "/openai/v1/chat/completions/batch", "/openai/generative_scoring",
+                 "/openai/load", "/openai/docs", "/openai/openapi.json"):
         r = http.request("GET" if path.endswith(("docs", "json", "load")) else "POST", path,
                          json={"new_data_parallel_size": 1})
         assert r.status_code == 404, (path, r.text)

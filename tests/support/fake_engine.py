@@ -107,6 +107,15 @@ class FakeEngine(Engine):
         return request.get("model")
 
     def openai_work(self, kind: str, request: Any, limits: Limits) -> Work:
+        if kind == "responses":  # as the vLLM adapter: the token cap, when none is given
+            if request.get("max_output_tokens") is None:
+                request["max_output_tokens"] = limits.token_cap()
+            return Work(1, 1, _int(request, "max_output_tokens", None), 0)
+        if kind == "messages":
+            return Work(1, 1, _int(request, "max_tokens", None), 0)
+        if kind == "rerank":
+            documents = request.get("documents")
+            return Work(len(documents) if isinstance(documents, list) else 1)
         if kind not in ("chat", "completion"):
             return Work()
         if request.get("max_tokens") is None and kind == "chat":
