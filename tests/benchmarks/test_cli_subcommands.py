@@ -147,8 +147,12 @@ def test_open_loop_spaces_requests_at_the_server(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(seen.times) == 2 * n
     paced, burst = np.diff(seen.times[:n]), np.diff(seen.times[n:])
-    # burstiness 1000: gaps of almost exactly 1/rate = 100 ms; the last at n/rate
-    assert paced.min() > 0.5 / rate, paced
+    # burstiness 1000: arrivals due every 1/rate = 100 ms. An open loop sends on its schedule:
+    # never early; a client stalled by a busy machine sends what fell due at once, so single
+    # gaps are not checked, only that no request left before its time and the last on time.
+    offsets = np.asarray(seen.times[:n]) - seen.times[0]
+    due = np.arange(n) / rate
+    assert (offsets >= due - 0.5 / rate).all(), (offsets, due)
     assert paced.sum() == pytest.approx((n - 1) / rate, rel=0.25)
     assert burst.sum() < paced.sum() / 3, (burst, paced)
     doc = json.loads((tmp_path / "run.json").read_text())
