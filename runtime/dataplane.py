@@ -19,8 +19,11 @@ from kserve.protocol.dataplane import DataPlane
 from runtime.errors import (
     ClientError,
     EngineUnavailableError,
+    NotFoundError,
     ServerError,
     ServingError,
+    StatusError,
+    UnsupportedError,
 )
 from runtime.lifecycle import Lifecycle
 
@@ -32,30 +35,28 @@ def as_serving_error(exc: Exception) -> ServingError:
 
     Why: KServe renders its own errors with a traceback at ERROR for what are client errors
     (a missing header, an unknown model); the runtime renders each once, in the protocol's
-    shape, and logs a client error as one line.
+    shape, and logs it once (``runtime.errors.log_error``: a server error with the traceback
+    of the exception kept as its cause).
     """
     if isinstance(exc, ServingError):
         return exc
+    err: ServingError
     if isinstance(exc, kserve_errors.ModelNotFound):
-        err: ServingError = ClientError(str(exc.reason))
-        err.http_status, err.grpc_code = 404, "NOT_FOUND"
-        return err
-    if isinstance(exc, kserve_errors.InvalidInput | kserve_errors.InferenceError
-                  | kserve_errors.UnsupportedProtocol):
-        return ClientError(str(exc.reason))
-    if isinstance(exc, kserve_errors.ServerNotReady | kserve_errors.ServerNotLive
-                  | kserve_errors.ModelNotReady):
-        return EngineUnavailableError(str(getattr(exc, "reason", exc)))
-    if isinstance(exc, NotImplementedError):
-        err = ClientError(str(exc) or "not implemented")
-        err.http_status, err.grpc_code = 501, "UNIMPLEMENTED"
-        return err
-    if isinstance(exc, GrpcException):
-        err = ClientError(exc.details or str(exc))
-        err.grpc_code = exc.status_code.name
-        return err
-    logger.error("request failed", exc_info=exc)
-    return ServerError(f"internal error: {type(exc).__name__}")
+        err = NotFoundError(str(exc.reason))
+    elif isinstance(exc, kserve_errors.InvalidInput | kserve_errors.InferenceError
+                    | kserve_errors.UnsupportedProtocol):
+        err = ClientError(str(exc.reason))
+    elif isinstance(exc, kserve_errors.ServerNotReady | kserve_errors.ServerNotLive
+                    | kserve_errors.ModelNotReady):
+        err = EngineUnavailableError(str(getattr(exc, "reason", exc)))
+    elif isinstance(exc, NotImplementedError):
+        err = UnsupportedError(str(exc) or "not implemented")
+    elif isinstance(exc, GrpcException):
+        err = StatusError(exc.details or str(exc), 400, exc.status_code.name)
+    else:
+        err = ServerError(f"internal error: {type(exc).__name__}")
+    err.__cause__ = exc
+    return err
 
 
 class RuntimeDataPlane(DataPlane):
@@ -76,19 +77,19 @@ class RuntimeDataPlane(DataPlane):
         try:
             return super().decode(*args, **kwargs)
         except Exception as exc:
-            raise as_serving_error(exc) from None
+            raise as_serving_error(exc) from exc
 
     async def infer(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().infer(*args, **kwargs)
         except Exception as exc:
-            raise as_serving_error(exc) from None
+            raise as_serving_error(exc) from exc
 
     async def model_metadata(self, model_name: str) -> dict:
         try:
             return await super().model_metadata(model_name)
         except Exception as exc:
-            raise as_serving_error(exc) from None
+            raise as_serving_error(exc) from exc
 
     def metadata(self) -> dict:
         meta = super().metadata()

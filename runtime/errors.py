@@ -8,7 +8,10 @@ a status + details for gRPC). In the style of vLLM's client/server error split.
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
+
+logger = logging.getLogger(__name__)
 
 
 class ServingError(Exception):
@@ -32,14 +35,37 @@ class ClientError(ServingError):
     grpc_code = "INVALID_ARGUMENT"
 
 
-class ModelNotFoundError(ClientError):
-    """The request names a model this server does not serve (404 / NOT_FOUND)."""
+class NotFoundError(ClientError):
+    """What the request names does not exist here (404 / NOT_FOUND)."""
 
     http_status = HTTPStatus.NOT_FOUND.value
     grpc_code = "NOT_FOUND"
 
+
+class ModelNotFoundError(NotFoundError):
+    """The request names a model this server does not serve (404 / NOT_FOUND)."""
+
     def __init__(self, name: str) -> None:
         super().__init__(f"Model with name {name} does not exist.")
+
+
+class UnsupportedError(ClientError):
+    """The operation exists in the protocol but this server does not implement it
+    (501 / UNIMPLEMENTED)."""
+
+    http_status = HTTPStatus.NOT_IMPLEMENTED.value
+    grpc_code = "UNIMPLEMENTED"
+
+
+class StatusError(ClientError):
+    """A client error with a status reported by other code (vLLM's serving code, the web
+    framework: 405, 422, ...) that no subclass here names; the status is fixed at
+    construction."""
+
+    def __init__(self, message: str, status: int, grpc_code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.grpc_code = grpc_code
 
 
 class PayloadTooLargeError(ClientError):
@@ -83,17 +109,33 @@ class EngineUnavailableError(ServerError):
     retry_after = 5
 
 
+_BY_STATUS: dict[int, type[ClientError]] = {}  # filled below, once every class exists
+
+
 def from_status(status: int, message: str) -> ServingError:
     """Map a status reported by the engine's own serving code onto this hierarchy."""
-    if status == HTTPStatus.NOT_FOUND:
-        err: ServingError = ClientError(message)
-        err.http_status = HTTPStatus.NOT_FOUND
-        err.grpc_code = "NOT_FOUND"
-        return err
-    if 400 <= status < 500:
-        err = ClientError(message)
-        err.http_status = status
-        return err
     if status == HTTPStatus.SERVICE_UNAVAILABLE:
         return EngineUnavailableError(message)
+    if 400 <= status < 500 or status == HTTPStatus.NOT_IMPLEMENTED:
+        kind = _BY_STATUS.get(status)
+        return kind(message) if kind is not None else StatusError(message, status)
     return ServerError(message)
+
+
+_BY_STATUS.update({cls.http_status: cls for cls in (
+    ClientError, NotFoundError, PayloadTooLargeError, UnauthorizedError, OverloadedError,
+    ForbiddenError, UnsupportedError)})
+
+
+def log_error(exc: ServingError, where: str) -> None:
+    """The one rule for logging a failed request, on every transport: one INFO line for a
+    client error; a WARNING for 503 (loading, draining and a dead engine are states the
+    lifecycle logs once, and every request refused meanwhile would otherwise be an ERROR);
+    an ERROR for a server error, with the traceback of its cause when it has one."""
+    if isinstance(exc, EngineUnavailableError):
+        logger.warning("%s -> %d: %s", where, exc.http_status, exc.message)
+    elif exc.http_status >= 500:
+        logger.error("%s -> %d: %s", where, exc.http_status, exc.message,
+                     exc_info=exc.__cause__ if exc.__cause__ is not None else None)
+    else:
+        logger.info("%s -> %d: %s", where, exc.http_status, exc.message)

@@ -8,8 +8,9 @@ to one fixed value; an unloaded adapter's series are dropped). They live in
 prometheus-client's default registry, which KServe's ``/metrics`` route already serves next to
 vLLM's.
 
-The protocol of the request being served travels in a context variable: each protocol adapter
-sets it, the instrumented engine reads it when it records token timings.
+The protocol and model label of the request being served travel in context variables: the
+pipeline sets them when it admits the request, the instrumented engine client reads them when
+it records token timings.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from prometheus_client import Counter, Histogram
 
 current_protocol: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_protocol", default="openai"
+)
+# The served name the request was counted under (an alias, an adapter, or "_other"): the
+# token and timing series use it too, so that one request's series share one model label.
+current_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "current_model", default=None
 )
 
 REQUESTS = Counter(

@@ -2,9 +2,11 @@
 
 Why one object: authentication, readiness, model resolution, limits, admission and the
 counting of outcomes must mean the same on OpenAI, v2 REST, the generate extension, KServe v1
-and gRPC. The transports (the HTTP gate, the gRPC interceptor) call ``authenticate``,
-``check_ready``, ``resolve`` and ``call``; the protocol codecs turn their wire format into
-vLLM's typed requests through the engine adapter and hand the validated ``Work`` to ``admit``.
+and gRPC. Every transport (the HTTP gate, gRPC ModelInfer, each ModelStreamInfer message) enters one
+sequence, ``request``: it authenticates, checks readiness and the model, tracks the request in
+flight and counts its outcome exactly once. Transports decode and encode; the protocol codecs
+turn their wire format into vLLM's typed requests through the engine adapter and hand the
+validated ``Work`` to ``admit``.
 
     route -> authenticate -> lifecycle -> parse and validate once (engine adapter)
           -> limits on validated values -> admission -> engine -> outcome -> metrics
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from runtime import limits
@@ -31,7 +33,7 @@ from runtime.errors import (
 )
 from runtime.lifecycle import Lifecycle, State
 from runtime.limits import Limits, Work
-from runtime.metrics import count_request, current_protocol
+from runtime.metrics import count_request, current_model, current_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +66,20 @@ class Call:
     model: str
     outcome: str | None = None  # set by the transport (status) or the route (mid-stream)
     details: dict[str, str] = field(default_factory=dict)
+    _labels: Callable[[str | None], str] | None = None
 
-    def fail(self, exc: ServingError) -> None:
-        """Record a failure that happened after the response status was sent (streams)."""
-        self.outcome = outcome_of(int(exc.http_status))
+    def name(self, model: str | None) -> None:
+        """The model the request turned out to name (OpenAI: in the body): its count and its
+        token series go under that name (an alias, an adapter, or ``_other``)."""
+        self.model = self._labels(model) if self._labels is not None else (model or self.model)
+        current_model.set(self.model)
+
+    def fail(self, exc: BaseException) -> None:
+        """Record a failure after the response status was sent (a stream): the client saw a
+        success status, so whatever broke is the server's (``server_error``) unless it was
+        the client's own doing (a 4xx found late)."""
+        status = int(getattr(exc, "http_status", 500))
+        self.outcome = outcome_of(status) if 400 <= status < 500 else "server_error"
 
 
 class Pipeline:
@@ -151,13 +163,29 @@ class Pipeline:
         self.admission.admit(work.engine_requests)
 
     @contextlib.contextmanager
-    def call(self, protocol: str, model: str | None) -> Iterator[Call]:
-        """Track one inference request: in-flight gauge, protocol for the engine's timings,
-        and exactly one count of its outcome (``aborted`` if it was cancelled)."""
-        record = Call(protocol, self.label(model))
-        token = current_protocol.set(protocol)
-        self.admission.enter()
+    def request(self, protocol: str, model: str | None, *,
+                authorization: str | bytes | None = None, authenticate: bool = True,
+                checks: Callable[[], None] | None = None) -> Iterator[Call]:
+        """The one sequence of an inference request, on every transport (the HTTP gate, gRPC
+        ModelInfer, each ModelStreamInfer message): the key, then ``checks`` (the transport's
+        own: the body size), readiness, the model, the in-flight count; the body of the
+        ``with`` runs the request; its outcome is counted exactly once, whatever happens
+        (refused, failed, cancelled: ``aborted``). Failures are raised to the transport, which
+        renders and logs them (``runtime.errors.log_error``)."""
+        record = Call(protocol, self.label(model), _labels=self.label)
+        protocol_token = current_protocol.set(protocol)
+        model_token = current_model.set(record.model)
+        entered = False
         try:
+            if authenticate:
+                self.authenticate(authorization)
+            if checks is not None:
+                checks()
+            self.check_ready()
+            if model is not None:
+                self.resolve(model)
+            self.admission.enter()
+            entered = True
             yield record
         except ServingError as exc:
             record.outcome = record.outcome or outcome_of(int(exc.http_status))
@@ -169,6 +197,8 @@ class Pipeline:
             record.outcome = record.outcome or "server_error"
             raise
         finally:
-            self.admission.leave()
-            current_protocol.reset(token)
+            if entered:
+                self.admission.leave()
+            current_protocol.reset(protocol_token)
+            current_model.reset(model_token)
             count_request(record.model, record.protocol, record.outcome or "server_error")

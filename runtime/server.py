@@ -34,7 +34,7 @@ class Supervisor:
     servers stop and the engine shuts down.
     """
 
-    def __init__(self, engine: Any, lifecycle: Lifecycle, admission: Admission,
+    def __init__(self, engine: Engine, lifecycle: Lifecycle, admission: Admission,
                  settings: RuntimeSettings, model_server: Any,
                  on_ready: Callable[[], None] | None = None) -> None:
         self.engine = engine

@@ -117,6 +117,16 @@ class Engine(abc.ABC):
         """``GET /version``: the engine's version, as vLLM's server answers it."""
         return {"version": "unknown"}
 
+    # ---- life: the supervisor (runtime.server) owns when these are called ----
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Build the engine and everything it serves with; return when it can answer."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Shut the engine down (and any process it started)."""
+
     @abc.abstractmethod
     async def check_health(self) -> None:
         """Raise if the engine cannot serve (its process died, it errored)."""

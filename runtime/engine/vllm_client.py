@@ -21,7 +21,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from runtime.admission import Admission
-from runtime.metrics import current_protocol, record_engine_request
+from runtime.metrics import current_model, current_protocol, record_engine_request
 
 
 @contextlib.asynccontextmanager
@@ -78,7 +78,7 @@ class InstrumentedEngineClient:
             self._client.generate(prompt, sampling_params, request_id, **kwargs),
             current_protocol.get(),
             getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA,
-            lora.lora_name if lora is not None else self._model_name,
+            current_model.get() or (lora.lora_name if lora is not None else self._model_name),
         )
 
     async def _measured(self, outputs: AsyncIterator[Any], protocol: str,

@@ -1,10 +1,13 @@
-"""The one module that adapts vLLM (0.32): engine arguments, the async engine, its OpenAI app.
+"""The engine behind ``runtime.engine.base``'s interface: vLLM's (0.32) async engine, its
+OpenAI serving state, and the v2 / generate translation onto that serving code.
 
-Why one module: vLLM's internals move every release; everything the runtime needs from vLLM is
-reached from here, so an upgrade touches this file alone (ruff TID251 bans ``import vllm``
-elsewhere). The v2 and generate protocols are answered by vLLM's own OpenAI serving classes
-(``OpenAIServingCompletion`` / ``OpenAIServingChat``), so every sampling parameter has exactly
-the OpenAI path's name, meaning, default and validation.
+Why vLLM's serving code: the v2 and generate protocols are answered by vLLM's own OpenAI
+serving classes (``OpenAIServingCompletion`` / ``OpenAIServingChat``), so every sampling
+parameter has exactly the OpenAI path's name, meaning, default and validation. This is one of
+the ``runtime/engine/vllm_*.py`` modules, the only ones importing vLLM (ruff TID251 bans
+``import vllm`` elsewhere; ``runtime/engine/__init__.py`` says which does what): the engine
+arguments come from ``vllm_args``, the client from ``vllm_client``, OpenAI requests and
+handlers from ``vllm_openai``, streamed completions as objects from ``vllm_stream``.
 """
 
 from __future__ import annotations
@@ -221,10 +224,12 @@ class VLLMEngine(Engine):
             params = {**params,
                       structured.PARAMETER: structured.decode(params[structured.PARAMETER])}
         extra = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
-        # Token ids per choice give exact per-prompt token counts where the answer is vLLM's
-        # JSON (a batch, a chat stream); a streamed completion is read as objects and counts
-        # the engine's outputs instead (runtime.engine.vllm_stream).
-        ids = {} if stream and not chat else {"return_token_ids": True}
+        # Token ids only where nothing else gives the counts: per prompt of a completions
+        # batch (its usage is summed) and a chat stream's prompt (on its first chunk). One
+        # prompt's usage says it all, and a streamed completion is read as objects
+        # (runtime.engine.vllm_stream).
+        ids = {"return_token_ids": True} if (chat and stream) or (
+            not chat and not stream and len(prompts) > 1) else {}
         base = {"model": model or self.model_name, **params, **extra, **ids}
         if chat:
             if "logprobs" in params:  # SamplingParams' name -> the chat API's two fields

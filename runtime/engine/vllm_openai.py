@@ -40,7 +40,7 @@ from vllm.entrypoints.speech_to_text.translation.protocol import TranslationRequ
 from vllm.exceptions import VLLMValidationError
 
 from runtime.engine import vllm_tools
-from runtime.errors import ClientError, EngineUnavailableError, from_status
+from runtime.errors import ClientError, EngineUnavailableError, NotFoundError, from_status
 from runtime.limits import TOKEN_ID_LISTS, Limits, Work, check_lists
 
 logger = logging.getLogger(__name__)
@@ -283,10 +283,7 @@ async def respond(kind: str, request: Any, state: Any, raw_request: Request) -> 
     endpoint = ENDPOINTS[kind]
     handler = getattr(state, endpoint.state_attr, None)
     if handler is None:
-        err = ClientError(f"The model does not support {endpoint.unsupported}")
-        err.http_status = 404
-        err.grpc_code = "NOT_FOUND"
-        raise err
+        raise NotFoundError(f"The model does not support {endpoint.unsupported}")
     call = handler if endpoint.method is None else getattr(handler, endpoint.method)
     # A named or required tool choice is decoded under the tools' schema by the runtime.
     forced = vllm_tools.force(request) if kind == "chat" else None

@@ -16,19 +16,21 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import routes
-from runtime.errors import ClientError, PayloadTooLargeError, ServerError, ServingError
+from runtime.errors import (
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    ServingError,
+    log_error,
+)
 from runtime.logs import new_request_id, request_id
-from runtime.metrics import count_request
 from runtime.pipeline import Pipeline, outcome_of
-from runtime.protocol.http_errors import log_error, render
+from runtime.protocol.http_errors import render
 from runtime.routes import Kind
 
 
-class RouteNotFoundError(ClientError):
+class RouteNotFoundError(NotFoundError):
     """A path outside the route table (404 / NOT_FOUND)."""
-
-    http_status = 404
-    grpc_code = "NOT_FOUND"
 
 
 class _TooLarge(PayloadTooLargeError):
@@ -105,26 +107,25 @@ class Gate:
                     "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
         await send({"type": "http.response.body", "body": body})
 
-    def _admit_route(self, scope: Scope, route: routes.Route) -> str | None:
-        """The pipeline's checks before any route runs; returns the resolved model."""
-        pipeline = self.pipeline
-        if route.kind is Kind.UNKNOWN:
-            raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}"
-                                     + (f": {route.reason}" if route.reason else ""))
-        exempt = route.kind is Kind.HEALTH or (
-            route.kind is Kind.METRICS and not pipeline.protect_metrics)
-        if route.kind in (Kind.REPOSITORY, Kind.OPERATOR):  # the operator key, and only it
-            pipeline.authorize_operator(_header(scope, b"authorization"))
-        elif not exempt:
-            pipeline.authenticate(_header(scope, b"authorization"))
+    def _size_check(self, scope: Scope) -> None:
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             raise PayloadTooLargeError(
                 f"request body exceeds the limit of {self.max_bytes} bytes (--max_request_bytes)")
-        if route.kind is not Kind.INFERENCE:
-            return None
-        pipeline.check_ready()
-        return pipeline.resolve(route.model) if route.model is not None else None
+
+    def _admit_other(self, scope: Scope, route: routes.Route) -> None:
+        """A route that is not inference: its key (health, and metrics unless protected, need
+        none) and the body size."""
+        if route.kind is Kind.UNKNOWN:
+            raise RouteNotFoundError(f"no route {scope.get('method')} {scope['path']}"
+                                     + (f": {route.reason}" if route.reason else ""))
+        exempt = route.kind is Kind.HEALTH or (
+            route.kind is Kind.METRICS and not self.pipeline.protect_metrics)
+        if route.kind in (Kind.REPOSITORY, Kind.OPERATOR):  # the operator key, and only it
+            self.pipeline.authorize_operator(_header(scope, b"authorization"))
+        elif not exempt:
+            self.pipeline.authenticate(_header(scope, b"authorization"))
+        self._size_check(scope)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       route: routes.Route) -> None:
@@ -139,14 +140,6 @@ class Gate:
             await send(message)
 
         where = f"{scope.get('method')} {scope['path']}"
-        try:
-            model = self._admit_route(scope, route)
-        except ServingError as exc:
-            if route.kind is Kind.INFERENCE:
-                count_request(self.pipeline.label(route.model), route.protocol or "-",
-                              outcome_of(int(exc.http_status)))
-            await self._send_error(send_with_id, exc, route, where)
-            return
         seen = 0
 
         async def limited_receive() -> Message:
@@ -161,16 +154,21 @@ class Gate:
 
         try:
             if route.kind is not Kind.INFERENCE:
+                self._admit_other(scope, route)
                 await self.app(scope, limited_receive, send_with_id)
                 return
             assert route.protocol is not None
-            with self.pipeline.call(route.protocol, model) as call:
+            with self.pipeline.request(route.protocol, route.model,
+                                       authorization=_header(scope, b"authorization"),
+                                       checks=lambda: self._size_check(scope)) as call:
                 scope.setdefault("state", {})["call"] = call
                 status = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
                 call.outcome = call.outcome or ("aborted" if status is None
                                                 else outcome_of(status))
-        except _TooLarge as exc:
-            if not started:
+        except ServingError as exc:  # refused by the pipeline, or a chunked body too large
+            if started:  # the status is sent: the failure can only be logged (and counted)
+                log_error(exc, where)
+            else:
                 await self._send_error(send_with_id, exc, route, where)
         except Exception as exc:  # a server fault: a 500 in the route's shape, logged here once
             if started:

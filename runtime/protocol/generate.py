@@ -105,7 +105,7 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
             yield f"data: {json.dumps({'error': exc.message})}\n\n"
         except Exception as exc:  # the status is already 200: report in-band, never hang
             if call is not None:
-                call.outcome = "server_error"
+                call.fail(exc)
             logger.exception("generate_stream failed mid-stream")
             # the type only: an exception's text may carry internal detail (logged above)
             yield f"data: {json.dumps({'error': f'internal error: {type(exc).__name__}'})}\n\n"

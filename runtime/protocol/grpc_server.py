@@ -31,10 +31,9 @@ from kserve.protocol.infer_type import InferRequest
 
 from runtime import routes
 from runtime.dataplane import as_serving_error
-from runtime.errors import ServingError
+from runtime.errors import ServingError, log_error
 from runtime.logs import new_request_id, request_id
-from runtime.metrics import count_request
-from runtime.pipeline import Pipeline, outcome_of
+from runtime.pipeline import Pipeline
 from runtime.protocol import triton
 
 logger = logging.getLogger(__name__)
@@ -81,8 +80,7 @@ class PipelineInterceptor(aio.ServerInterceptor):
                     return await self._run(rpc, inner, request, context, metadata)
                 except Exception as exc:
                     err = as_serving_error(exc)
-                level = logging.INFO if err.http_status < 500 else logging.ERROR
-                logger.log(level, "gRPC %s -> %s: %s", rpc, err.grpc_code, err.message)
+                log_error(err, f"gRPC {rpc}")
                 retry = getattr(err, "retry_after", None)
                 if retry:  # HTTP's Retry-After, as trailing metadata (seconds)
                     context.set_trailing_metadata((("retry-after", str(retry)),))
@@ -103,12 +101,10 @@ class PipelineInterceptor(aio.ServerInterceptor):
             metadata = {m.key: m.value for m in (context.invocation_metadata() or ())}
             token = request_id.set(new_request_id(metadata.get("x-request-id")))
             try:
-                try:
+                try:  # the stream's key; each request read from it is checked again
                     self.pipeline.authenticate(metadata.get("authorization"))
                 except ServingError as err:
-                    count_request(self.pipeline.default_model, routes.V2_GRPC,
-                                  outcome_of(int(err.http_status)))
-                    logger.info("gRPC %s -> %s: %s", rpc, err.grpc_code, err.message)
+                    log_error(err, f"gRPC {rpc}")
                     await context.abort(grpc.StatusCode[err.grpc_code], err.message)
                 await context.send_initial_metadata((("x-request-id", request_id.get()),))
                 await inner(requests, context)
@@ -130,15 +126,8 @@ class PipelineInterceptor(aio.ServerInterceptor):
         if rpc not in INFERENCE_RPCS:
             pipeline.authenticate(metadata.get("authorization"))
             return await inner(request, context)
-        name = _model_of(request)
-        try:
-            pipeline.authenticate(metadata.get("authorization"))
-            pipeline.check_ready()
-            model = pipeline.resolve(name)
-        except ServingError as exc:
-            count_request(pipeline.label(name), routes.V2_GRPC, outcome_of(int(exc.http_status)))
-            raise
-        with pipeline.call(routes.V2_GRPC, model) as record:
+        with pipeline.request(routes.V2_GRPC, _model_of(request) or pipeline.default_model,
+                              authorization=metadata.get("authorization")) as record:
             try:
                 response = await inner(request, context)
             except ServingError:
@@ -177,9 +166,11 @@ class StreamInfer:
             async with lock:
                 await context.write(payload)
 
+        metadata = {m.key: m.value for m in (context.invocation_metadata() or ())}
+        authorization = metadata.get("authorization")
         try:
             async for request in requests:
-                task = asyncio.ensure_future(self._one(request, write))
+                task = asyncio.ensure_future(self._one(request, write, authorization))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:  # the client closed its side: finish what it asked for
@@ -190,32 +181,32 @@ class StreamInfer:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _one(self, request: Any, write: Callable[[bytes], Awaitable[None]]) -> None:
-        pipeline = self.pipeline
-        name = request.model_name or None
+    async def _one(self, request: Any, write: Callable[[bytes], Awaitable[None]],
+                   authorization: str | None) -> None:
+        """One request of the stream, through the pipeline's sequence. The key is checked
+        for every request, so a stream opened before the key was rotated stops being served
+        once the old key is no longer accepted."""
         token = request_id.set(new_request_id(request.id or None))
         try:
-            try:
-                pipeline.check_ready()
-                model = pipeline.resolve(name)
-            except ServingError as exc:
-                count_request(pipeline.label(name), routes.V2_GRPC,
-                              outcome_of(int(exc.http_status)))
-                raise
-            with pipeline.call(routes.V2_GRPC, model) as record:
+            with self.pipeline.request(routes.V2_GRPC,
+                                       request.model_name or self.pipeline.default_model,
+                                       authorization=authorization) as record:
+                wrote = False
                 try:
-                    served = self.data_plane.get_model_from_registry(model)
+                    served = self.data_plane.get_model_from_registry(
+                        request.model_name or self.pipeline.default_model)
                     async for response in served.stream_predict(InferRequest.from_grpc(request)):
                         await write(triton.stream_response(response.to_grpc().SerializeToString()))
-                except ServingError:
-                    raise
+                        wrote = True
                 except Exception as exc:
-                    raise as_serving_error(exc) from exc
+                    err = as_serving_error(exc)
+                    if wrote:  # a failure after the first response: the server's
+                        record.fail(err)
+                    raise err from exc
                 record.outcome = "success"
         except Exception as exc:
             err = as_serving_error(exc)
-            level = logging.INFO if err.http_status < 500 else logging.ERROR
-            logger.log(level, "gRPC ModelStreamInfer -> %s: %s", err.grpc_code, err.message)
+            log_error(err, "gRPC ModelStreamInfer")
             answer = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
             try:
                 await write(triton.stream_response(answer.SerializeToString(), err.message))

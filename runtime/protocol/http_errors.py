@@ -4,7 +4,7 @@ Why one table: a ``ServingError`` raised anywhere (the gate, a codec, the engine
 becomes the error shape of the protocol the route belongs to: OpenAI's error object on OpenAI
 routes, ``{"error": message}`` on v2, the generate extension and KServe v1. Framework failures
 (malformed JSON, schema validation, unknown path) are rendered the same way, never as a 500.
-Client errors are logged as one line; server errors with their traceback.
+Logged by the one rule in ``runtime.errors.log_error``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime import routes
-from runtime.errors import ClientError, EngineUnavailableError, ServingError
+from runtime.errors import ClientError, ServingError, StatusError, log_error
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +71,6 @@ def render(exc: ServingError, protocol: str | None) -> tuple[int, dict[str, str]
     return status, {"content-type": "application/json", **error_headers(exc)}, body
 
 
-def log_error(exc: ServingError, where: str) -> None:
-    """One line for a client error; the traceback too for a server error. A 503 is a warning:
-    loading, draining and a dead engine are states the lifecycle logs once, and every probe
-    or request refused meanwhile would otherwise be an ERROR line."""
-    if isinstance(exc, EngineUnavailableError):
-        logger.warning("%s -> %d: %s", where, exc.http_status, exc.message)
-    elif exc.http_status >= 500:
-        logger.error("%s -> %d: %s", where, exc.http_status, exc.message,
-                     exc_info=exc.__cause__ is not None)
-    else:
-        logger.info("%s -> %d: %s", where, exc.http_status, exc.message)
-
-
 def _protocol_of(request: Request) -> str | None:
     return routes.classify(routes.unversioned(request.url.path)).protocol
 
@@ -116,8 +103,7 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
     """Framework errors (unknown path, wrong method, undecodable body) in the route's shape."""
     assert isinstance(exc, StarletteHTTPException)
-    err = ClientError(str(exc.detail))
-    err.http_status = exc.status_code
+    err = StatusError(str(exc.detail), exc.status_code)
     response = _response(err, request)
     for name, value in (getattr(exc, "headers", None) or {}).items():
         response.headers[name] = value

@@ -11,13 +11,35 @@ lifecycle and the route; errors raised here are rendered in OpenAI's error shape
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from runtime import routes
 from runtime.engine.base import Engine
-from runtime.pipeline import Pipeline
+from runtime.errors import from_status
+from runtime.pipeline import Call, Pipeline
 from runtime.protocol.json_body import read_form, read_json
+
+
+async def _watched(events: AsyncIterable[Any], call: Call) -> AsyncIterator[Any]:
+    """vLLM's server-sent events, passed through; an error event (vLLM reports a failure
+    after the 200 in-band, ``data: {"error": {..., "code": N}}``) sets the request's outcome,
+    so that it is not counted as a success."""
+    async for event in events:
+        text = event if isinstance(event, str) else bytes(event).decode("utf-8", "replace")
+        if text.startswith(("event: error", "event: response.failed")):  # Anthropic, Responses
+            call.fail(from_status(500, "error event"))
+        elif text.startswith('data: {"error"'):
+            try:
+                code = int(json.loads(text[6:])["error"].get("code") or 500)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                code = 500
+            call.fail(from_status(code, "error event"))
+        yield event
 
 
 def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
@@ -30,10 +52,13 @@ def build_router(engine: Engine, pipeline: Pipeline) -> APIRouter:
         requested = engine.openai_model(typed)
         call = getattr(request.state, "call", None)
         if call is not None:  # labelled before resolving: an unknown name counts as _other
-            call.model = pipeline.label(requested)
+            call.name(requested)
         pipeline.resolve(requested)  # ModelNotFoundError for a name not served
         pipeline.admit(engine.openai_work(kind, typed, pipeline.limits))
-        return await engine.openai_respond(kind, typed, request)
+        response = await engine.openai_respond(kind, typed, request)
+        if call is not None and isinstance(response, StreamingResponse):
+            response.body_iterator = _watched(response.body_iterator, call)
+        return response
 
     def add(path: str, kind: str) -> None:
         async def endpoint(request: Request) -> Response:

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.conftest import LORA_KEY
+from tests.support.metrics import labelled_sum
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,29 @@ def _in_flight_requests(url: str, grpc_port: int, results: dict) -> list[threadi
         except Exception as exc:  # the expected end: a gRPC error status
             results["grpc"] = exc
 
-    threads = [threading.Thread(target=stream),
+    def openai_stream() -> None:
+        events = results["openai_stream"] = []
+        with httpx.stream("POST", url + "/openai/v1/completions", timeout=60, headers=AUTH,
+                          json={"model": "smollm2", "prompt": "A story", "stream": True,
+                                **LONG}) as r:
+            results["openai_stream_status"] = r.status_code
+            for line in r.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    events.append(json.loads(line[6:]))
+
+    def triton_stream() -> None:
+        from tests.runtime.test_triton_stream import run_client
+
+        try:
+            results["triton_stream"] = run_client(
+                f"127.0.0.1:{grpc_port}", "stream", [{
+                    "prompt": "A story", "inputs": {"stream": True}, "parameters": LONG}],
+                headers=AUTH)
+        except BaseException as exc:  # recorded: the client may fail in its own way
+            results["triton_stream"] = exc
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=openai_stream),
+               threading.Thread(target=triton_stream),
                threading.Thread(target=post, args=("generate", "/v2/models/smollm2/generate",
                                                    {"text_input": "A story", "parameters": LONG})),
                threading.Thread(target=post, args=("infer", "/v2/models/smollm2/infer", {
@@ -77,20 +100,22 @@ def test_engine_death_turns_ready_and_live_false(lora_server: ServerProcess) -> 
         assert engine, "no engine process found"
         results: dict = {}
         threads = _in_flight_requests(url, server.grpc_port, results)
-        # Kill only once all five run and the stream has sent output, so that the stream's
-        # case is the mid-stream one (an error event after a 200).
+        before = httpx.get(url + "/metrics").text
+        # Kill only once all seven run and the streams have sent output, so that the streams'
+        # case is the mid-stream one (an error after a 200, or after the first response).
         deadline = time.monotonic() + 60
         running = ""
         while time.monotonic() < deadline:
             running = httpx.get(url + "/metrics").text
-            if ('kserve_llm_engine_requests_in_flight{model="smollm2"} 5.0' in running
-                    and results.get("generate_stream")):
+            if ('kserve_llm_engine_requests_in_flight{model="smollm2"} 7.0' in running
+                    and results.get("generate_stream") and results.get("openai_stream")):
                 break
             time.sleep(0.1)
         else:
             lines = [x for x in running.splitlines() if "in_flight{" in x]
-            raise AssertionError(f"the five requests never ran together: {lines}, "
+            raise AssertionError(f"the seven requests never ran together: {lines}, "
                                  f"{results}")
+        time.sleep(2.0)  # the gRPC stream (read by a separate client) has answered too
         for p in engine:
             os.kill(p.pid, signal.SIGKILL)
         killed = time.monotonic()
@@ -119,5 +144,26 @@ def test_engine_death_turns_ready_and_live_false(lora_server: ServerProcess) -> 
         assert isinstance(results["grpc"], grpc.RpcError), results["grpc"]
         assert results["grpc"].code() in (grpc.StatusCode.INTERNAL,
                                           grpc.StatusCode.UNAVAILABLE), results["grpc"]
+        assert results["openai_stream_status"] == 200
+        assert "error" in results["openai_stream"][-1], results["openai_stream"][-1:]
+        # A stream that failed after its 200 (or its first gRPC response) is a server error
+        # in the runtime's count, on every streaming protocol; none counts as a success.
+        def rose(after: str, protocol: str, outcome: str) -> float:
+            labels = {"model": "smollm2", "protocol": protocol, "outcome": outcome}
+            return labelled_sum(after, "kserve_llm_requests_total", **labels) - \
+                labelled_sum(before, "kserve_llm_requests_total", **labels)
+
+        streaming = ("openai", "v2-generate", "v2-grpc")
+        deadline = time.monotonic() + 10  # a count lands as its request's handler ends
+        while True:
+            after = httpx.get(url + "/metrics").text
+            if all(rose(after, p, "server_error") >= 1 for p in streaming) or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        for protocol in streaming:
+            lines = [x for x in after.splitlines() if x.startswith("kserve_llm_requests_total")]
+            assert rose(after, protocol, "server_error") >= 1, (protocol, lines)
+            assert rose(after, protocol, "success") == 0, (protocol, lines)
     finally:
         server.stop()

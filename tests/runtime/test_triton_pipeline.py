@@ -171,3 +171,36 @@ def test_requests_on_one_stream_run_concurrently() -> None:
     assert texts == {long: " ".join(reversed(long.split())) + " ", short: "y x "}
     last_short = len(order) - 1 - order[::-1].index(short)
     assert long in order[last_short + 1:], order  # the long answer was still going
+
+
+def test_a_rotated_key_stops_serving_an_open_stream(tmp_path: Any) -> None:
+    """The key is checked for every request read from a stream, not once when it opened: after
+    the key file changes, the stream's next request is refused in-band (and counted)."""
+    key_file = tmp_path / "key"
+    key_file.write_text("first-key")
+
+    async def go() -> list[str]:
+        parts = assemble(api_key_file=str(key_file))
+        server, port = await _serve(parts)
+        response_class = _stream_response_class()
+        errors = []
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(
+                    METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                    response_deserializer=response_class.FromString)(
+                    metadata=(("authorization", "Bearer first-key"),))
+                for prompt in ("a b", "c d"):
+                    await call.write(infer_request(prompt, stream=False))
+                    errors.append((await call.read()).error_message)
+                    key_file.write_text("second-key")  # rotated after the first answer
+                await call.done_writing()
+        finally:
+            await server.stop(None)
+        return errors
+
+    before = _count("client_error")
+    errors = asyncio.run(go())
+    assert errors[0] == ""
+    assert "API key" in errors[1], errors
+    assert _count("client_error") == before + 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import openai
 import pytest
 
 from tests.runtime.conftest import QUESTION
+from tests.support.metrics import labelled_sum
 from tests.support.server import ServerProcess, free_port
 from tests.support.tls import fingerprint, rotate_and_wait, self_signed, served_fingerprint
 
@@ -79,6 +81,35 @@ def test_chat_answers_under_either_name(served: Served, name: str) -> None:
         temperature=0)
     assert "Paris" in out.choices[0].message.content
     assert out.model == NAMES[0]  # as vllm serve: the first served name answers for all
+
+
+def test_an_aliases_series_are_all_under_the_alias(served: Served) -> None:
+    """A request for the second served name is counted, and its tokens and timings measured,
+    under that name: one request, one model label on every series."""
+    alias = NAMES[1]
+
+    def read() -> str:
+        return served.client.get("/metrics").text
+
+    def under(text: str, series: str, model: str) -> float:
+        return labelled_sum(text, series, model=model)
+
+    before = read()
+    out = served.openai().completions.create(model=alias, prompt=QUESTION, max_tokens=8,
+                                             temperature=0)
+    deadline = time.monotonic() + 10  # the count lands as the request's handler ends
+    while True:
+        after = read()
+        if under(after, "kserve_llm_requests_total", alias) > under(
+                before, "kserve_llm_requests_total", alias) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for series in ("kserve_llm_requests_total", "kserve_llm_generation_tokens_total",
+                   "kserve_llm_prompt_tokens_total", "kserve_llm_time_to_first_token_seconds_count"):
+        assert under(after, series, alias) > under(before, series, alias), series
+        assert under(after, series, NAMES[0]) == under(before, series, NAMES[0]), series
+    assert under(after, "kserve_llm_generation_tokens_total", alias) - under(
+        before, "kserve_llm_generation_tokens_total", alias) == out.usage.completion_tokens
 
 
 def test_the_adapter_is_served_by_name(served: Served) -> None:

@@ -132,6 +132,12 @@ class FakeEngine(Engine):
     async def openai_models(self) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": self.model_name}]})
 
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
     async def check_health(self) -> None:
         return None
 

@@ -19,6 +19,18 @@ def metric_sum(text: str, series: str, needle: str = "") -> float:
                if line.startswith(series + "{") and needle in line)
 
 
+def labelled_sum(text: str, series: str, **labels: str) -> float:
+    """The sum of the ``series{...}`` samples in ``text`` that carry every label given, in
+    whatever order the exposition prints them."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(series + "{"):
+            have = dict(_LABEL.findall(line[len(series) + 1:line.rindex("}")]))
+            if all(have.get(k) == v for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 _SAMPLE = re.compile(r"^(kserve_llm_\w+)_total\{(.*)\} ([0-9.e+-]+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
