@@ -8,7 +8,7 @@ def main() -> None:
 
     from runtime import cli, logs, server
     from runtime.auth import ApiKeyError
-    from runtime.cli import EngineArgsError
+    from runtime.settings import EngineArgsError
 
     logs.configure()
     try:

@@ -13,27 +13,33 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from runtime.errors import ClientError
 
 
 class Limits(BaseModel):
-    """Per-request bounds; ``None`` means unbounded."""
+    """Per-request bounds; ``None`` means unbounded. Each field is a flag of its own name
+    (``max_tokens``: ``--max_tokens_limit``), built by ``runtime.cli``."""
 
-    max_batch_size: int | None = 256
-    max_n: int | None = 16
-    max_tokens: int | None = None
-    max_stop_sequences: int | None = 32
+    max_batch_size: int | None = Field(default=256, description="v2 prompts per request")
+    max_n: int | None = Field(default=16, description="largest OpenAI n")
+    max_tokens: int | None = Field(
+        default=None, json_schema_extra={"flag": "max_tokens_limit"},
+        description="largest max_tokens a request may ask for (default: the context)")
+    max_stop_sequences: int | None = Field(default=32, description="most stop sequences")
     # Entries in each list-valued sampling parameter, which vLLM bounds only by the body size:
     # token ids in each of logit_bias, allowed_token_ids and stop_token_ids (OpenAI accepts
     # up to 300 logit_bias entries), and bad_words (vLLM's VLLM_MAX_NUM_BAD_WORDS, 128, counts
     # the words' token sequences, at least one per word, so more words always fail there).
-    max_token_ids: int | None = 1024
-    max_bad_words: int | None = 128
+    max_token_ids: int | None = Field(
+        default=1024, description="most entries in each of logit_bias, allowed_token_ids, "
+                                  "stop_token_ids")
+    max_bad_words: int | None = Field(default=128, description="most bad_words entries")
     # Applied when a client gives no max_tokens (chat then means "up to the context").
-    # None: --max_tokens_limit when set, else the context.
-    default_max_tokens: int | None = None
+    default_max_tokens: int | None = Field(
+        default=None, description="max_tokens of a request that gives none (default: "
+                                  "--max_tokens_limit when set, else up to the context)")
 
     def token_cap(self) -> int | None:
         """The max_tokens a request that omits it gets (None: vLLM's own default)."""

@@ -23,9 +23,8 @@ from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed
 from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from runtime.cli import EngineArgsError
 from runtime.errors import ClientError
-from runtime.settings import RuntimeSettings
+from runtime.settings import EngineArgsError, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 
