@@ -62,11 +62,14 @@ def verify(request: Any, engine_client: Any) -> None:
     Why twice: for a streamed request vLLM runs it inside the stream generator, which logs a
     traceback at ERROR for a client's bad regex or schema before answering 400; checked here,
     a bad constraint is a one-line 400 on every protocol, streamed or not."""
-    extract = getattr(request, "extract_structured_outputs", None)
-    constraint = extract() if extract is not None else None
-    if constraint is None or engine_client is None:
+    if engine_client is None:
         return
     processor = engine_client.input_processor
+    for_backend(request, getattr(processor.structured_outputs_config, "backend", "auto"))
+    extract = getattr(request, "extract_structured_outputs", None)
+    constraint = extract() if extract is not None else None
+    if constraint is None:
+        return
     params = SamplingParams(structured_outputs=dataclasses.replace(constraint))
     try:
         params.verify(processor.model_config, processor.speculative_config,
@@ -230,11 +233,34 @@ def bounded(schema: Any) -> Any:
     return schema
 
 
+_FORCED: dict[str, Any] = {}  # a forced answer's grammar -> its bounded schema (few, reused)
+
+
 def grammar(schema: Any) -> str:
     """xgrammar's grammar (EBNF) for a forced answer's schema, bounded, with no whitespace
     outside strings: the same compiler vLLM's default backend uses for a JSON schema, with
     ``any_whitespace`` off, which vLLM 0.32 sets only server-wide."""
-    return _grammar(json.dumps(bounded(schema), sort_keys=True))
+    schema = bounded(schema)
+    text = _grammar(json.dumps(schema, sort_keys=True))
+    if len(_FORCED) >= 64:
+        _FORCED.clear()
+    _FORCED[text] = schema
+    return text
+
+
+def for_backend(request: Any, backend: str) -> None:
+    """With a structured-outputs backend other than xgrammar configured (``guidance`` cannot
+    read xgrammar's grammar), decode a forced answer under the same bounded schema as JSON:
+    without free whitespace for ``guidance`` (its ``x-guidance`` options), with the backend's
+    whitespace otherwise."""
+    so = getattr(request, "structured_outputs", None)
+    schema = _FORCED.get(so.grammar) if so is not None and so.grammar else None
+    if schema is None or backend in ("auto", "xgrammar"):
+        return
+    if backend == "guidance":
+        schema = {**schema, "x-guidance": {"whitespace_flexible": False,
+                                           "item_separator": ",", "key_separator": ":"}}
+    request.structured_outputs = StructuredOutputsParams(json=schema)
 
 
 @functools.lru_cache(maxsize=64)

@@ -180,3 +180,27 @@ def test_a_cut_stream_sends_only_complete_calls(name: str | None, pieces: list[s
     assert reason == "length" and len(deltas) == calls, deltas
     for d in deltas:
         json.loads(d["function"]["arguments"])
+
+
+# ---- another structured-outputs backend ----
+
+def test_guidance_backend_gets_the_bounded_schema_without_whitespace() -> None:
+    """``guidance`` cannot read xgrammar's grammar (its GBNF conversion fails on it): the same
+    bounded schema goes as JSON, with llguidance's own options for no free whitespace."""
+    import llguidance
+    from vllm.v1.structured_output.backend_guidance import serialize_guidance_grammar
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    for backend in ("auto", "xgrammar"):
+        request = ChatCompletionRequest.model_validate({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+            "tool_choice": "required"})
+        vllm_tools.force(request)
+        g = request.structured_outputs.grammar
+        vllm_tools.for_backend(request, backend)
+        assert request.structured_outputs.grammar == g
+    vllm_tools.for_backend(request, "guidance")
+    schema = request.structured_outputs.json
+    assert schema["maxItems"] == 2 and schema["x-guidance"]["whitespace_flexible"] is False
+    grammar = serialize_guidance_grammar(StructuredOutputOptions.JSON, json.dumps(schema))
+    assert llguidance.LLMatcher.validate_grammar(grammar) == ""
