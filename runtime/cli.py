@@ -28,9 +28,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime.auth import ApiKeyError, check_not_empty
-from runtime.settings import EngineArgsError, RuntimeSettings
-
-__all__ = ["EngineArgsError", "build_parser", "flags", "parse"]
+from runtime.settings import RuntimeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from runtime.auth import ApiKey, ApiKeyError
 from runtime.engine.base import Engine
 from runtime.lifecycle import Lifecycle, State
 from runtime.pipeline import Pipeline
-from runtime.settings import RuntimeSettings
+from runtime.settings import EngineArgsError, RuntimeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +286,6 @@ def run(settings: RuntimeSettings) -> None:
 
     engine = VLLMEngine(settings, admission)  # parses engine arguments: bad flags fail first
     if settings.enable_adapter_loading and engine.max_lora_rank is None:
-        from runtime.cli import EngineArgsError
-
         raise EngineArgsError("--enable_adapter_loading needs vLLM's --enable-lora (and "
                               "--max-lora-rank at least the rank of the adapters to load)")
 
@@ -296,7 +294,7 @@ def run(settings: RuntimeSettings) -> None:
     from kserve.model_server import app
 
     from runtime.dataplane import RuntimeDataPlane
-    from runtime.protocol.grpc_server import RuntimeGRPCServer
+    from runtime.protocol.grpc_server import RuntimeGRPCServer, server_credentials
 
     server = ModelServer(
         http_port=settings.http_port,
@@ -319,9 +317,14 @@ def run(settings: RuntimeSettings) -> None:
     server.model_repository_extension = repository
     install_routes(app, engine, pipeline, settings, repository)
     if settings.enable_grpc:
+        credentials = None
+        if settings.ssl_certfile and settings.ssl_keyfile:
+            credentials = server_credentials(settings.ssl_certfile, settings.ssl_keyfile,
+                                             settings.enable_ssl_refresh)
         grpc_server = RuntimeGRPCServer(
             settings.grpc_port, server.dataplane, server.model_repository_extension, pipeline,
-            max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period)
+            max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period,
+            credentials=credentials)
         server._grpc_server = grpc_server  # ModelServer.stop() stops it
         server.servers.append(grpc_server.start(settings.max_threads))
 

@@ -22,8 +22,8 @@ from vllm.platforms import current_platform
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from runtime import cli
-from runtime.cli import EngineArgsError
 from runtime.engine.vllm_args import parse_engine_args
+from runtime.settings import EngineArgsError
 from tests.support.server import DEFAULT_MODEL_DIR, start_runtime
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_DIR.is_dir(),
