@@ -82,6 +82,19 @@ CASES = {
                  {"text_input": "Tell me a story", "parameters": LONG}, False),
     "v2-infer": (f"/v2/models/{MODEL}/infer", v2_body(["Tell me a story", "Go on"], **LONG),
                  False),
+    "responses-stream": ("/v1/responses", {"model": MODEL, "input": "Tell me a story",
+                                           "stream": True, "max_output_tokens": 1000,
+                                           "ignore_eos": True, "temperature": 0}, True),
+    "responses": ("/openai/v1/responses", {"model": MODEL, "input": "Tell me a story",
+                                           "max_output_tokens": 1000, "ignore_eos": True,
+                                           "temperature": 0}, False),
+    # Anthropic's request has no ignore_eos: a long story is long enough to be cut
+    "messages-stream": ("/v1/messages", {"model": MODEL, "max_tokens": 1000, "stream": True,
+                                         "messages": [{"role": "user",
+                                                       "content": "Tell me a long story"}]},
+                        True),
+    "messages": ("/v1/messages", {"model": MODEL, "max_tokens": 1000, "messages": [
+        {"role": "user", "content": "Tell me a long story"}]}, False),
 }
 
 
