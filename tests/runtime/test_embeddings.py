@@ -56,3 +56,86 @@ def test_unprefixed_embeddings_answer_like_openai_ones(minilm) -> None:
     assert a.shape == (2, 384)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert plain.json()["usage"] == prefixed.json()["usage"]
+
+
+# ---- score, rerank, pooling (issue 23): vLLM scores an embedding model by cosine ----
+
+QUERY = "What is the capital of France?"
+DOCUMENTS = ["Bananas are yellow.", "Paris is the capital of France.",
+             "The stock market fell today."]
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/openai/rerank"])
+def test_rerank_puts_the_relevant_document_first(minilm, path: str) -> None:
+    """Jina's and Cohere's v1 shape."""
+    r = httpx.post(minilm.url + path, timeout=60,
+                   json={"model": "minilm", "query": QUERY, "documents": DOCUMENTS})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results][0] == 1
+    assert results[0]["document"]["text"] == DOCUMENTS[1]
+    scores = [x["relevance_score"] for x in results]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1] + 0.3
+
+
+def test_cohere_v2_rerank_with_top_n(minilm) -> None:
+    r = httpx.post(minilm.url + "/v2/rerank", timeout=60, json={
+        "model": "minilm", "query": QUERY, "documents": DOCUMENTS, "top_n": 1})
+    assert r.status_code == 200, r.text
+    assert [x["index"] for x in r.json()["results"]] == [1]
+
+
+@pytest.mark.parametrize("path", ["/score", "/v1/score"])
+def test_score_ranks_the_relevant_document_highest(minilm, path: str) -> None:
+    r = httpx.post(minilm.url + path, timeout=60,
+                   json={"model": "minilm", "queries": QUERY, "documents": DOCUMENTS})
+    assert r.status_code == 200, r.text
+    scores = [d["score"] for d in sorted(r.json()["data"], key=lambda d: d["index"])]
+    assert max(range(3), key=scores.__getitem__) == 1, scores
+
+
+def test_pooling_and_cohere_embed(minilm) -> None:
+    r = httpx.post(minilm.url + "/pooling", timeout=60,
+                   json={"model": "minilm", "input": ["A cat.", "A dog."]})
+    assert r.status_code == 200, r.text
+    assert [len(d["data"]) for d in r.json()["data"]] == [384, 384]
+    r = httpx.post(minilm.url + "/v2/embed", timeout=60,
+                   json={"model": "minilm", "texts": ["A cat."], "embedding_types": ["float"]})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["embeddings"]["float"][0]) == 384
+
+
+def test_invocations_dispatch_to_rerank(minilm) -> None:
+    """SageMaker's /invocations: the first request type the model serves that the body fits
+    (vLLM's order): a query and documents are a rerank here."""
+    r = httpx.post(minilm.url + "/invocations", timeout=60,
+                   json={"model": "minilm", "query": QUERY, "documents": DOCUMENTS})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["index"] == 1
+
+
+def test_what_the_model_cannot_do_is_a_clear_4xx(minilm) -> None:
+    r = httpx.post(minilm.url + "/classify", json={"model": "minilm", "input": "a"})
+    assert r.status_code == 404
+    assert r.json()["error"]["message"] == "The model does not support Classification API"
+    r = httpx.post(minilm.url + "/v1/messages", json={
+        "model": "minilm", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404
+    assert r.json() == {"type": "error", "error": {
+        "type": "not_found_error", "message": "The model does not support Messages API"}}
+    r = httpx.post(minilm.url + "/v1/responses", json={"model": "minilm", "input": "hi"})
+    assert r.status_code == 404 and "Responses API" in r.text
+
+
+def test_documents_are_bounded_and_counted_once(minilm) -> None:
+    def counted() -> float:
+        text = httpx.get(minilm.url + "/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("kserve_llm_requests_total{") and 'protocol="openai"' in line
+                   and 'model="minilm"' in line)
+
+    before = counted()
+    r = httpx.post(minilm.url + "/rerank", timeout=60,
+                   json={"model": "minilm", "query": "q", "documents": ["d"] * 257})
+    assert r.status_code == 400 and "--max_batch_size" in r.text, r.text
+    assert counted() == before + 1
