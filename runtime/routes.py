@@ -7,7 +7,7 @@ in one place. Anything that is not in the table answers 404, whatever a framewor
 app would otherwise have served (vLLM's app brings elastic scaling, stored responses, its
 docs and more; none of them are served unless listed here).
 
-Every route of vLLM's own app is decided in ``VLLM_ROUTES`` (served, operator, or refused with
+Every route of vLLM's own app is decided (``vllm_decision``: served, operator, or refused with
 its reason); tests/runtime/test_route_review.py builds vLLM's app from the installed vLLM with
 every router on and fails on a route that is not there, so an upgrade cannot add one unreviewed.
 """
