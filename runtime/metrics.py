@@ -54,9 +54,19 @@ GENERATION_TOKENS = Counter(
 )
 
 
+# Models whose series were dropped (unloaded adapters) and not served again: a request that
+# was in flight across the unload must not re-create them; it is recorded under "_other".
+_forgotten: set[str] = set()
+OTHER = "_other"  # the label of any name that is not served (runtime.pipeline)
+
+
+def _served(model: str) -> str:
+    return OTHER if model in _forgotten else model
+
+
 def count_request(model: str, protocol: str, outcome: str) -> None:
     """Record one answered request."""
-    REQUESTS.labels(model, protocol, outcome).inc()
+    REQUESTS.labels(_served(model), protocol, outcome).inc()
 
 
 def record_engine_request(
@@ -69,6 +79,7 @@ def record_engine_request(
     tpot: float | None,
 ) -> None:
     """Record one finished (or aborted) engine request's token counts and timings."""
+    model = _served(model)
     PROMPT_TOKENS.labels(model, protocol).inc(prompt_tokens)
     GENERATION_TOKENS.labels(model, protocol).inc(generation_tokens)
     if ttft is not None:
@@ -79,7 +90,14 @@ def record_engine_request(
 
 def forget_model(model: str) -> None:
     """Drop every series of ``model`` (an unloaded LoRA adapter), so that the model label stays
-    bounded by the models served now, however many adapters come and go."""
+    bounded by the models served now, however many adapters come and go. Requests still in
+    flight on it are recorded under ``_other`` when they end (until it is served again)."""
+    _forgotten.add(model)
     for metric in (REQUESTS, TTFT, TPOT, PROMPT_TOKENS, GENERATION_TOKENS):
         for labels in [k for k in list(metric._metrics) if k[0] == model]:
             metric.remove(*labels)
+
+
+def serve_model(model: str) -> None:
+    """``model`` is served (again): its requests are recorded under its own name."""
+    _forgotten.discard(model)

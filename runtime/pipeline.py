@@ -33,13 +33,13 @@ from runtime.errors import (
 )
 from runtime.lifecycle import Lifecycle, State
 from runtime.limits import Limits, Work
-from runtime.metrics import count_request, current_model, current_protocol
+from runtime.metrics import OTHER, count_request, current_model, current_protocol
 
 logger = logging.getLogger(__name__)
 
 # The model label of requests that name no served model: one fixed value, so a client cannot
 # create a metric series per random name.
-OTHER_MODEL = "_other"
+OTHER_MODEL = OTHER
 
 OPERATOR_OFF = ("operator actions (loading and unloading LoRA adapters, vLLM's operator "
                 "routes) are off: this server has no operator key (start it with "

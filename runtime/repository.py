@@ -30,7 +30,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from runtime.adapters import Adapter, AdapterError, AdapterSet, base_shapes, check_folder
 from runtime.engine.base import Engine
 from runtime.errors import ForbiddenError
-from runtime.metrics import forget_model
+from runtime.metrics import forget_model, serve_model
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ class AdapterRepository(ModelRepositoryExtension):
             await self.engine.load_adapter(model_name, path)
             self.adapters.add(Adapter(model_name, path, rank))
             self._model_registry.update(self.make_model(model_name))
+            serve_model(model_name)
         logger.info("loaded LoRA adapter %s (rank %d) from %s", model_name, rank, path)
 
     async def unload(self, model_name: str) -> None:

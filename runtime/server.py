@@ -294,7 +294,7 @@ def run(settings: RuntimeSettings) -> None:
     from kserve.model_server import app
 
     from runtime.dataplane import RuntimeDataPlane
-    from runtime.protocol.grpc_server import RuntimeGRPCServer
+    from runtime.protocol.grpc_server import RuntimeGRPCServer, server_credentials
 
     server = ModelServer(
         http_port=settings.http_port,
@@ -317,9 +317,14 @@ def run(settings: RuntimeSettings) -> None:
     server.model_repository_extension = repository
     install_routes(app, engine, pipeline, settings, repository)
     if settings.enable_grpc:
+        credentials = None
+        if settings.ssl_certfile and settings.ssl_keyfile:
+            credentials = server_credentials(settings.ssl_certfile, settings.ssl_keyfile,
+                                             settings.enable_ssl_refresh)
         grpc_server = RuntimeGRPCServer(
             settings.grpc_port, server.dataplane, server.model_repository_extension, pipeline,
-            max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period)
+            max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period,
+            credentials=credentials)
         server._grpc_server = grpc_server  # ModelServer.stop() stops it
         server.servers.append(grpc_server.start(settings.max_threads))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent import futures
 from typing import Any
@@ -31,13 +32,17 @@ from kserve.protocol.infer_type import InferRequest
 
 from runtime import routes
 from runtime.dataplane import as_serving_error
-from runtime.errors import ServingError, log_error
+from runtime.errors import OverloadedError, ServingError, log_error
 from runtime.logs import new_request_id, request_id
 from runtime.pipeline import Pipeline
 from runtime.protocol import triton
 
 logger = logging.getLogger(__name__)
 
+# Bounds on what gRPC clients can start: RPCs at once on the server (beyond: RESOURCE_EXHAUSTED)
+# and requests in flight on one ModelStreamInfer stream (beyond: refused in-band, 429-like).
+MAX_CONCURRENT_RPCS = 1024
+MAX_STREAM_REQUESTS = 128
 HEALTH_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 INFERENCE_RPCS = frozenset({"ModelInfer"})
 OPERATOR_RPCS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})  # operator key
@@ -138,6 +143,39 @@ class PipelineInterceptor(aio.ServerInterceptor):
             return response
 
 
+def server_credentials(certfile: str, keyfile: str, refresh: bool) -> grpc.ServerCredentials:
+    """TLS for the gRPC port from the HTTPS certificate files. With ``refresh``
+    (``--enable_ssl_refresh``), a new handshake after the files changed presents the new
+    certificate, as HTTPS does; connections already open keep theirs."""
+
+    def identity() -> tuple[float, float]:
+        return os.stat(certfile).st_mtime_ns, os.stat(keyfile).st_mtime_ns
+
+    def load() -> Any:
+        with open(keyfile, "rb") as k, open(certfile, "rb") as c:
+            return grpc.ssl_server_certificate_configuration([(k.read(), c.read())])
+
+    if not refresh:
+        with open(keyfile, "rb") as k, open(certfile, "rb") as c:
+            return grpc.ssl_server_credentials([(k.read(), c.read())])
+    seen = {"id": identity()}
+
+    def fetch() -> Any:
+        try:
+            now = identity()
+            if now == seen["id"]:
+                return None
+            config = load()  # a half-written pair fails here: the old one stays, retried later
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the working certificate
+            logger.warning("gRPC certificate not reloaded: %s", exc)
+            return None
+        seen["id"] = now
+        logger.info("gRPC certificate reloaded from %s", certfile)
+        return config
+
+    return grpc.dynamic_ssl_server_credentials(load(), fetch)
+
+
 def _raw(payload: bytes) -> bytes:
     return payload
 
@@ -148,9 +186,11 @@ class StreamInfer:
     written as they come, errors as in-stream ``error_message`` responses, so the stream stays
     usable. A cancelled stream cancels its requests, which aborts their engine requests."""
 
-    def __init__(self, pipeline: Pipeline, data_plane: Any) -> None:
+    def __init__(self, pipeline: Pipeline, data_plane: Any,
+                 max_requests: int = MAX_STREAM_REQUESTS) -> None:
         self.pipeline = pipeline
         self.data_plane = data_plane
+        self.max_requests = max_requests  # in flight at once on one stream
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -170,7 +210,8 @@ class StreamInfer:
         authorization = metadata.get("authorization")
         try:
             async for request in requests:
-                task = asyncio.ensure_future(self._one(request, write, authorization))
+                crowded = len(tasks) >= self.max_requests
+                task = asyncio.ensure_future(self._one(request, write, authorization, crowded))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:  # the client closed its side: finish what it asked for
@@ -182,15 +223,22 @@ class StreamInfer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, request: Any, write: Callable[[bytes], Awaitable[None]],
-                   authorization: str | None) -> None:
+                   authorization: str | None, crowded: bool = False) -> None:
         """One request of the stream, through the pipeline's sequence. The key is checked
         for every request, so a stream opened before the key was rotated stops being served
-        once the old key is no longer accepted."""
+        once the old key is no longer accepted. ``crowded``: the stream already has its
+        maximum in flight; the request is refused in-band (and counted ``rejected``)."""
         token = request_id.set(new_request_id(request.id or None))
+
+        def room() -> None:
+            if crowded:
+                raise OverloadedError(f"{self.max_requests} requests are already in flight on "
+                                      "this stream; wait for an answer or open another stream")
+
         try:
             with self.pipeline.request(routes.V2_GRPC,
                                        request.model_name or self.pipeline.default_model,
-                                       authorization=authorization) as record:
+                                       authorization=authorization, checks=room) as record:
                 wrote = False
                 try:
                     served = self.data_plane.get_model_from_registry(
@@ -235,10 +283,14 @@ class RuntimeGRPCServer(GRPCServer):
     """KServe's gRPC server with the pipeline interceptor and a bounded message size."""
 
     def __init__(self, port: int, data_plane: Any, repository: Any, pipeline: Pipeline, *,
-                 max_message_bytes: int, grace_period: int = 30) -> None:
+                 max_message_bytes: int, grace_period: int = 30,
+                 credentials: grpc.ServerCredentials | None = None,
+                 max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> None:
         super().__init__(port, data_plane, repository, kwargs={}, grace_period=grace_period)
         self._pipeline = pipeline
         self._max_message_bytes = max_message_bytes
+        self._credentials = credentials
+        self._max_concurrent_rpcs = max_concurrent_rpcs
 
     async def start(self, max_workers: int) -> None:
         servicer = RuntimeServicer(self._data_plane, self._model_repository_extension)
@@ -246,12 +298,17 @@ class RuntimeGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(PipelineInterceptor(self._pipeline),),
             options=[("grpc.max_receive_message_length", self._max_message_bytes)],
+            maximum_concurrent_rpcs=self._max_concurrent_rpcs,  # beyond: RESOURCE_EXHAUSTED
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             servicer, self._server)
         self._server.add_generic_rpc_handlers(
             (StreamInfer(self._pipeline, self._data_plane).handler(),))
-        self._server.add_insecure_port(f"[::]:{self._port}")
-        logger.info("gRPC server on port %d", self._port)
+        if self._credentials is not None:  # the HTTPS certificate: a key never goes in clear
+            self._server.add_secure_port(f"[::]:{self._port}", self._credentials)
+        else:
+            self._server.add_insecure_port(f"[::]:{self._port}")
+        logger.info("gRPC server on port %d (%s)", self._port,
+                    "TLS" if self._credentials is not None else "plaintext")
         await self._server.start()
         await self._server.wait_for_termination()

@@ -7,6 +7,7 @@ on log lines, prompts and outputs not logged, the in-flight gauge, certificate r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ from deployment.processes import ChildProcess
 from tests.runtime.conftest import QUESTION
 from tests.support.metrics import metric_sum
 from tests.support.server import ServerProcess, engine_env, free_port, runtime_command
-from tests.support.tls import rotate_and_wait, self_signed
+from tests.support.tls import fingerprint, rotate_and_wait, self_signed, served_fingerprint
 
 pytestmark = pytest.mark.slow
 
@@ -152,11 +153,48 @@ def test_request_ids_on_log_lines_and_no_prompts_logged(tls_server: Started) -> 
     assert len(output) < 8 or output not in log
 
 
+def _grpc_infer(started: Started, prompt: str, *, secure: bool = True) -> object:
+    """ModelInfer with kserve's client, over TLS trusting the server's current certificate
+    (``secure``) or in plaintext; the key on the call."""
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    async def go() -> object:
+        client = InferenceGRPCClient(url=f"127.0.0.1:{started.server.grpc_port}",
+                                     use_ssl=secure, retries=0, timeout=60,
+                                     root_certificates=str(started.cert) if secure else None)
+        try:
+            return await client.infer(InferRequest(model_name="smollm2", infer_inputs=[
+                InferInput("text_input", [1], "BYTES", data=[prompt])],
+                parameters={"max_tokens": 20, "temperature": "0.0", "apply_chat_template": True}),
+                headers=list(AUTH.items()))
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_grpc_speaks_tls_with_the_same_certificate(tls_server: Started) -> None:
+    """With --ssl_certfile/--ssl_keyfile the gRPC port is TLS too (a bearer key sent to it
+    never travels in clear): kserve's client over TLS gets its answer; a plaintext client
+    gets none."""
+    port = tls_server.server.grpc_port
+    assert served_fingerprint(port) == fingerprint(tls_server.cert)
+
+    answer = _grpc_infer(tls_server, QUESTION, secure=True)
+    text = answer.outputs[0].data[0]  # type: ignore[attr-defined]
+    assert "Paris" in (text.decode() if isinstance(text, bytes) else text), text
+    with pytest.raises(grpc.RpcError) as err:
+        _grpc_infer(tls_server, QUESTION, secure=False)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def test_replaced_certificate_files_take_effect(tls_server: Started, tmp_path: Path) -> None:
     """--enable_ssl_refresh in the ServingRuntime mode: new handshakes present the rotated
     certificate, the same process keeps answering (the drain tests below use the new one)."""
     pid = tls_server.server.pid
     new_cert = rotate_and_wait(tls_server.cert, tls_server.key, tls_server.server.port, tmp_path)
+    # the gRPC port reloads the same files for its next handshake
+    assert served_fingerprint(tls_server.server.grpc_port) == fingerprint(new_cert)
     tls_server.client.close()
     tls_server.client = httpx.Client(base_url=str(tls_server.client.base_url),
                                      verify=str(new_cert), timeout=120)
@@ -192,11 +230,10 @@ def test_drain_refuses_new_work_and_cuts_off_after_the_timeout(tls_server: Start
                     json={"model": "smollm2", "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 503 and r.headers["retry-after"], r.text
     assert r.json()["error"]["code"] == 503  # OpenAI's shape
-    from tests.runtime.test_grpc import grpc_infer
-
-    with pytest.raises(grpc.RpcError) as err:
-        grpc_infer(server.grpc_port, ["hi"], {"max_tokens": 2}, metadata=list(AUTH.items()))
+    with pytest.raises(grpc.RpcError) as err:  # over TLS: refused by the drain, not the handshake
+        _grpc_infer(tls_server, "hi")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "not ready" in (err.value.details() or ""), err.value.details()
     server.proc.wait(timeout=DRAIN_TIMEOUT + 40)
     elapsed = time.monotonic() - t0
     streamer.join(30)

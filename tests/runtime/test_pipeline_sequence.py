@@ -148,3 +148,32 @@ def test_an_openai_alias_is_counted_and_measured_under_the_alias(entries: list[A
     r = send(parts, "POST", "/openai/v1/completions", {"model": "alias", "prompt": "hi"})
     assert r.status_code == 200, r.text
     assert seen == ["alias"] and counted[0][0] == "alias"
+
+
+def test_a_request_ending_after_its_adapter_was_unloaded_creates_no_series() -> None:
+    """Unit (no server): an unloaded adapter's series are dropped, and a request that was in
+    flight across the unload is recorded under ``_other`` when it ends, until the adapter is
+    served again."""
+    from prometheus_client import REGISTRY
+
+    from runtime import metrics
+
+    def requests(model: str) -> float:
+        return REGISTRY.get_sample_value("kserve_llm_requests_total", {
+            "model": model, "protocol": "v2-rest", "outcome": "success"}) or 0.0
+
+    metrics.count_request("gone-adapter", "v2-rest", "success")
+    assert requests("gone-adapter") == 1
+    metrics.forget_model("gone-adapter")
+    other = requests("_other")
+    metrics.count_request("gone-adapter", "v2-rest", "success")  # the one that was in flight
+    metrics.record_engine_request("gone-adapter", "v2-rest", prompt_tokens=3,
+                                  generation_tokens=2, ttft=0.1, tpot=None)
+    assert REGISTRY.get_sample_value("kserve_llm_requests_total", {
+        "model": "gone-adapter", "protocol": "v2-rest", "outcome": "success"}) is None
+    assert REGISTRY.get_sample_value("kserve_llm_generation_tokens_total", {
+        "model": "gone-adapter", "protocol": "v2-rest"}) is None
+    assert requests("_other") == other + 1
+    metrics.serve_model("gone-adapter")  # loaded again: its own name again
+    metrics.count_request("gone-adapter", "v2-rest", "success")
+    assert requests("gone-adapter") == 1

@@ -204,3 +204,65 @@ def test_a_rotated_key_stops_serving_an_open_stream(tmp_path: Any) -> None:
     assert errors[0] == ""
     assert "API key" in errors[1], errors
     assert _count("client_error") == before + 1
+
+
+def test_a_stream_holds_a_bounded_number_of_requests() -> None:
+    """Requests beyond the stream's limit in flight are refused in-band (and counted
+    ``rejected``); the stream keeps serving the others."""
+
+    async def go() -> list[str]:
+        parts = assemble()
+        parts.engine.delay = 0.2  # each answer takes a while: the requests overlap
+        model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
+        data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
+        server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
+        server.add_generic_rpc_handlers(
+            (StreamInfer(parts.pipeline, data_plane, max_requests=2).handler(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        response_class = _stream_response_class()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_stream(
+                    METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+                    response_deserializer=response_class.FromString)()
+                for prompt in ("a b", "c d", "e f"):
+                    await call.write(infer_request(prompt, stream=False))
+                await call.done_writing()
+                return [m.error_message async for m in call]
+        finally:
+            await server.stop(None)
+
+    before = _count("rejected")
+    errors = asyncio.run(go())
+    assert len(errors) == 3 and sum("already in flight" in e for e in errors) == 1, errors
+    assert errors.count("") == 2
+    assert _count("rejected") == before + 1
+
+
+def test_grpc_tls_presents_the_certificate_and_its_replacement(tmp_path: Any) -> None:
+    """server_credentials: the gRPC port speaks TLS with the HTTPS certificate files and, with
+    refresh, a new handshake presents the files' new certificate."""
+    from runtime.protocol.grpc_server import server_credentials
+    from tests.support.tls import fingerprint, self_signed, served_fingerprint
+
+    cert, key = self_signed(tmp_path)
+
+    async def go() -> tuple[str, str, str]:
+        server = aio.server()
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(str(cert), str(key),
+                                                                         refresh=True))
+        await server.start()
+        try:
+            first = await asyncio.to_thread(served_fingerprint, port)
+            new_cert, new_key = self_signed(tmp_path, "next")
+            key.write_bytes(new_key.read_bytes())
+            cert.write_bytes(new_cert.read_bytes())
+            second = await asyncio.to_thread(served_fingerprint, port)
+            return first, second, fingerprint(new_cert)
+        finally:
+            await server.stop(None)
+
+    old = fingerprint(cert)
+    first, second, new = asyncio.run(go())
+    assert first == old and second == new != old
