@@ -9,6 +9,7 @@ on the paths and ports the manifest names, and what the pods will look like to a
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import signal
 import sys
@@ -93,6 +94,33 @@ def _storage_pairs(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+_KEY_FILE = re.compile(r"--api[_-]key[_-]file[= ](\S+)")
+
+
+def _key_header(dep: LocalDeployment, component: str) -> str:
+    """``-H "Authorization: Bearer $(cat FILE)"`` for a component started with a key file
+    (``--api_key_file`` in its arguments or environment), else nothing; never the key."""
+    for c in dep.containers:
+        if c.plan.component == component:
+            found = _KEY_FILE.search(" ".join([*c.argv, *c.env.values()]))
+            if found:
+                return f'-H "Authorization: Bearer $(cat {found.group(1)})" '
+    return ""
+
+
+def _secret_pairs(pairs: Sequence[str]) -> dict[str, Path]:
+    """``NAME=DIR`` pairs: a local folder holding a Secret's keys, one file per key."""
+    out = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--secret expects NAME=DIR, got {pair!r}")
+        if not Path(folder).is_dir():
+            raise SystemExit(f"--secret {name}: {folder} is not a folder")
+        out[name] = Path(folder)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Sub-commands ``run``, ``plan`` and ``pods`` sharing the manifest options, and
     ``adapters``."""
@@ -127,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="assign local ports from this number upwards (default: free ports)")
     run.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                      help="override an environment variable in every container (repeatable)")
+    run.add_argument("--secret", action="append", default=[], metavar="NAME=DIR",
+                     help="local folder standing for a Secret (one file per key; repeatable). "
+                     "Secrets defined in the manifests' files need none: their data is written "
+                     "to WORKDIR/secrets/NAME/ as the kubelet would mount it")
     run.add_argument("--workdir", help="logs, emptyDir folders and the TLS certificate, kept "
                      "(default: a new temp dir, removed when the runner exits)")
     run.add_argument("--predictor-host", help="HOST:PORT of a predictor for --component "
@@ -217,7 +249,8 @@ def _run(args: argparse.Namespace, plans: list[ContainerPlan], isvc: Manifest,
     """Start the planned containers under ``workdir``, check their probes, then serve (or,
     with ``--check``, return); every container is stopped before this returns."""
     # The Secret KServe's controller fills with a self-signed certificate, for the TLS volume.
-    secrets = {tls_secret_name(llm): workdir / "tls"} if llm is not None else {}
+    tls = {tls_secret_name(llm): workdir / "tls"} if llm is not None else {}
+    secrets = {**tls, **_secret_pairs(args.secret)}
     try:
         dep = LocalDeployment(plans, model_dir=args.model_dir,
                               storage=_storage_pairs(args.storage), workdir=workdir,
@@ -233,7 +266,7 @@ def _run(args: argparse.Namespace, plans: list[ContainerPlan], isvc: Manifest,
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        for folder in secrets.values():
+        for folder in tls.values():
             write_self_signed_tls(folder)
         dep.start()
         name = isvc.doc["metadata"]["name"]
@@ -246,10 +279,12 @@ def _run(args: argparse.Namespace, plans: list[ContainerPlan], isvc: Manifest,
             model = (llm.doc["spec"].get("model") or {}).get("name") or name
             print(f"try: curl --cacert {workdir / 'tls' / 'tls.crt'} "
                   f"{dep.component_url('workload')}/v1/chat/completions "
+                  f"{_key_header(dep, 'workload')}"
                   f"-H 'content-type: application/json' -d '{{\"model\": \"{model}\", "
                   f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
         if "predictor" in components:
             print(f"try: curl {dep.component_url('predictor')}/openai/v1/chat/completions "
+                  f"{_key_header(dep, 'predictor')}"
                   f"-H 'content-type: application/json' -d '{{\"model\": \"{name}\", "
                   f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
         print("all probes passed", flush=True)

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from deployment.manifests import MODEL_MOUNT, ContainerPlan, Manifest, ManifestError
+from deployment.manifests import MODEL_MOUNT, ContainerPlan, Manifest, ManifestError, secrets_in
 
 KIND = "LLMInferenceService"
 CONFIG_KIND = "LLMInferenceServiceConfig"
@@ -306,7 +306,8 @@ def plan_llmisvc(svc: Manifest, configs: Sequence[Manifest] = (), *,
                                   os.environ.get("PATH", "")])
     plan = ContainerPlan("workload", f"{meta['name']}-kserve", "main", container, pod_fields,
                          sources=[*sources, svc.text], storage=storage,
-                         image_env={"PATH": image_path})
+                         image_env={"PATH": image_path},
+                         secrets=secrets_in([*sources, svc.text]))
     plan.labels = {"app.kubernetes.io/name": meta["name"],
                    "app.kubernetes.io/component": "llminferenceservice-workload"}
     return [plan]

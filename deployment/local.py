@@ -140,7 +140,10 @@ class LocalDeployment:
     environment variable of every container (e.g. a smaller KV cache); ``base_port`` assigns
     local ports from that number upwards (0: free ports). ``predictor_host`` is used for the
     explainer when the predictor is not started here. ``secrets`` maps a Secret's name to a
-    local folder holding its keys (e.g. the TLS certificate of an LLMInferenceService).
+    local folder holding its keys (e.g. the TLS certificate of an LLMInferenceService); a Secret
+    not given there but defined in the manifests' files (``ContainerPlan.secrets``, e.g. an
+    example's API key) is written to ``WORKDIR/secrets/<name>/<key>`` (mode 0600), as the
+    kubelet would mount it; ``secretKeyRef`` variables read the same two sources.
     ``workdir`` holds the logs and emptyDir folders; without one, a temporary folder is made
     here and removed by ``stop()`` (or at once if the plans cannot be localised), so a caller
     that stops the deployment in a ``finally`` leaks nothing; a given ``workdir`` is kept.
@@ -191,7 +194,12 @@ class LocalDeployment:
                 env[var["name"]] = str(var["value"])
             elif "fieldRef" in var.get("valueFrom", {}):
                 env[var["name"]] = field_values.get(var["valueFrom"]["fieldRef"]["fieldPath"], "")
-            elif var["name"] not in self.extra_env:
+            elif var["name"] in self.extra_env:
+                pass  # set below
+            elif (value := self._secret_value(plan, var.get("valueFrom", {}).get(
+                    "secretKeyRef"))) is not None:
+                env[var["name"]] = value
+            else:
                 raise ManifestError(f"{plan.pod_name}: env {var['name']} comes from "
                                     f"{sorted(var.get('valueFrom', {}))}; give it with --env")
         env.update(plan.injected_env)
@@ -200,6 +208,42 @@ class LocalDeployment:
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
+
+    def _secret_value(self, plan: ContainerPlan, ref: dict[str, Any] | None) -> str | None:
+        """A ``secretKeyRef``'s value: from a given Secret folder, else from the manifests."""
+        if not ref or not ref.get("name") or not ref.get("key"):
+            return None
+        if ref["name"] in self.secrets:
+            path = Path(self.secrets[ref["name"]]) / ref["key"]
+            return path.read_text() if path.is_file() else None
+        return plan.secrets.get(ref["name"], {}).get(ref["key"])
+
+    def _secret_dir(self, plan: ContainerPlan, source: dict[str, Any]) -> str | None:
+        """The local folder standing for a Secret volume: given (``secrets``), else written from
+        the Secret the manifests define (its ``items`` respected); None for a missing optional
+        one. A Secret that is neither is an error naming the option that gives it."""
+        name = source.get("secretName", "")
+        if name in self.secrets:
+            return self.secrets[name]
+        if name not in plan.secrets:
+            if source.get("optional"):
+                return None
+            raise ManifestError(f"{plan.pod_name}: Secret {name!r} (a volume) is not defined in "
+                                f"the manifests' files: give --secret {name}=DIR")
+        data = plan.secrets[name]
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        folder = self.workdir / "secrets" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        for item in items:
+            if item["key"] not in data:
+                raise ManifestError(f"{plan.pod_name}: Secret {name!r} has no key "
+                                    f"{item['key']!r}")
+            target = folder / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
+            target.chmod(0o600)
+        return str(folder)
 
     def _storage_paths(self, plan: ContainerPlan) -> dict[str, str]:
         """Container path -> local folder for /mnt/models and every storage location."""
@@ -237,8 +281,8 @@ class LocalDeployment:
                 local = self.workdir / "volumes" / plan.pod_name / mount["name"]
                 local.mkdir(parents=True, exist_ok=True)
                 paths[mount["mountPath"]] = str(local)
-            elif vol.get("secret", {}).get("secretName") in self.secrets:
-                paths[mount["mountPath"]] = self.secrets[vol["secret"]["secretName"]]
+            elif "secret" in vol and (local := self._secret_dir(plan, vol["secret"])):
+                paths[mount["mountPath"]] = local
         argv = [_map_paths(a, paths) for a in [*c["command"], *c.get("args", [])]]
         argv = _map_ports([local_executable(argv[0]), *argv[1:]], port_map)
         for key in own & set(env):

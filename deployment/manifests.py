@@ -11,6 +11,7 @@ answer. It neither starts processes nor talks to a cluster.
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from collections.abc import Iterable, Sequence
@@ -49,7 +50,9 @@ class ContainerPlan:
     their ``checkov:skip`` justifications); ``storage`` lists what the storage initializer
     would download before the container starts (``{"uri": ..., "mountPath": ...}``);
     ``image_env`` is what the image's own ``ENV`` provides and the container's env overrides
-    (for an LLMInferenceService: the PATH on which ``vllm`` is this runtime).
+    (for an LLMInferenceService: the PATH on which ``vllm`` is this runtime); ``secrets`` are
+    the Secrets defined in the manifests' files (name -> {key: value}), what ``kubectl apply``
+    of those files would create for the pod's Secret volumes and ``secretKeyRef`` variables.
     """
 
     component: str
@@ -62,6 +65,7 @@ class ContainerPlan:
     labels: dict[str, str] = field(default_factory=dict)
     storage: list[dict[str, str]] = field(default_factory=list)
     image_env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +85,20 @@ def load_manifests(paths: Iterable[str | Path]) -> list[Manifest]:
         for doc in yaml.safe_load_all(text):
             if doc:
                 out.append(Manifest(doc=doc, text=text, path=str(path)))
+    return out
+
+
+def secrets_in(texts: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Every ``kind: Secret`` document of the given manifest texts: name -> {key: value}, the
+    base64 ``data`` decoded and ``stringData`` over it, as the API server stores them."""
+    out: dict[str, dict[str, str]] = {}
+    for text in texts:
+        for doc in yaml.safe_load_all(text):
+            if not doc or doc.get("kind") != "Secret" or doc.get("apiVersion") != "v1":
+                continue
+            values = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+            values.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+            out[doc["metadata"]["name"]] = values
     return out
 
 
@@ -359,4 +377,5 @@ def plan(isvc: Manifest, runtimes: Sequence[Manifest],
     for p in plans:
         p.labels = {"serving.kserve.io/inferenceservice": isvc.doc["metadata"]["name"],
                     "component": p.component}
+        p.secrets = secrets_in(p.sources)
     return plans

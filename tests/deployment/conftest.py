@@ -76,3 +76,13 @@ def example(name: str) -> Manifest:
 @pytest.fixture(scope="session")
 def schemas() -> dict[str, dict[str, Any]]:
     return crd_schemas()
+
+
+def example_key(path: Path, name: str | None = None) -> str:
+    """The inference key an example file's Secret holds (its ``key`` entry): what the local
+    runner writes as the key file, so what a client of the running example sends."""
+    from deployment.manifests import secrets_in
+
+    secrets = secrets_in([path.read_text()])
+    [secret] = [v for k, v in secrets.items() if name is None or k == name]
+    return secret["key"]

@@ -36,13 +36,14 @@ from deployment.llmisvc import (
 from deployment.local import LocalDeployment
 from deployment.manifests import Manifest, ManifestError, load_manifests
 from tests.deployment.conftest import DATA, REPO, RUNTIMES_DIR
-from tests.deployment.test_manifests import strict
+from tests.deployment.test_manifests import OTHER_KINDS, check_core_document, strict
 
 LLMISVC_DIR = REPO / "llmisvc"
 LLMISVC_FILES = sorted(LLMISVC_DIR.glob("*.yaml"))
 REFERENCE = REPO.parent / "shared" / "reference" / "kserve-llmisvc"
 ADAPTERS = ("attn-a", "mlp-b")
 BASE_URI = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
+KEY_FILE = "/etc/kserve-vllm/api-key/key"  # the examples' inference key, a mounted Secret
 
 
 def adapter_uri(name: str) -> str:
@@ -86,7 +87,11 @@ def test_the_examples_are_there() -> None:
 def test_every_document_matches_its_v1alpha2_crd_schema(path: Path, validators) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     assert docs
+    assert [d["kind"] for d in docs] == ["Secret", "LLMInferenceService", "NetworkPolicy"]
     for doc in docs:
+        if doc["kind"] in OTHER_KINDS:
+            check_core_document(doc)
+            continue
         assert doc["apiVersion"] == "serving.kserve.io/v1alpha2", path.name
         assert _errors(validators, doc) == [], f"{path.name} ({doc['kind']})"
 
@@ -142,7 +147,8 @@ def test_plan_is_kserves_template_command_with_the_services_fields() -> None:
         assert c[kind]["httpGet"] == {"path": "/health", "port": 8000, "scheme": "HTTPS"}
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env == {"HOME": "/home", "VLLM_LOGGING_LEVEL": "INFO", "HF_HUB_CACHE": "/models",
-                   "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_ADDITIONAL_ARGS": "--max-model-len=2048"}
+                   "VLLM_CPU_KVCACHE_SPACE": "2",
+                   "VLLM_ADDITIONAL_ARGS": f"--max-model-len=2048 --api_key_file={KEY_FILE}"}
     assert c["resources"]["limits"] == {"cpu": "4", "memory": "6Gi"}
     assert c["securityContext"]["runAsNonRoot"] is True
     vols = {v["name"]: v for v in p.pod["volumes"]}
@@ -314,6 +320,7 @@ def test_templates_script_hands_vllm_serve_the_expected_command_line(tmp_path: P
         " ",  # KServe's template passes a lone space here (`\ ` left by `{{- if ...}}`)
         "--enable-ssl-refresh", "--ssl-certfile", str(tls / "tls.crt"),
         "--ssl-keyfile", str(tls / "tls.key"), "--max-model-len=2048",
+        f"--api_key_file={tmp_path / 'run' / 'secrets' / 'smollm2-lora-api-key' / 'key'}",
         "--enable-lora", "--max-lora-rank=8", "--max-loras=2", "--max-cpu-loras=4",
         "--lora-modules", *modules]
 

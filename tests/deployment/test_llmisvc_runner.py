@@ -28,7 +28,13 @@ import yaml
 
 from deployment.llmisvc import LORA_MOUNT_ROOT, plan_llmisvc
 from deployment.processes import engine_env
-from tests.deployment.conftest import REPO, RUNNER_START_TIMEOUT, serve_runner, stop_runner
+from tests.deployment.conftest import (
+    REPO,
+    RUNNER_START_TIMEOUT,
+    example_key,
+    serve_runner,
+    stop_runner,
+)
 from tests.deployment.test_llmisvc import llm, run_template_script
 
 ADAPTERS = ("attn-a", "mlp-b")
@@ -87,10 +93,12 @@ def test_plain_example_plans_the_lora_example_minus_its_lora_parts() -> None:
     [p] = plan_llmisvc(llm("smollm2-cpu"))
     [q] = plan_llmisvc(llm("smollm2-lora-cpu"))
     assert {**q.container, "args": []} == p.container
-    secret = {"smollm2-lora-kserve-self-signed-certs": "smollm2-kserve-self-signed-certs"}
+    secret = {"smollm2-lora-kserve-self-signed-certs": "smollm2-kserve-self-signed-certs",
+              "smollm2-lora-api-key": "smollm2-api-key"}
     volumes = [{**v, "secret": {"secretName": secret[v["secret"]["secretName"]]}}
                if "secret" in v else v for v in q.pod["volumes"]]
-    assert {**q.pod, "volumes": volumes} == p.pod  # each its own TLS Secret, named after it
+    assert {**q.pod, "volumes": volumes} == p.pod  # each its own TLS and key Secrets
+    assert q.secrets.keys() == {"smollm2-lora-api-key"} and p.secrets.keys() == {"smollm2-api-key"}
 
 
 def _served(tmp_path: Path, name: str) -> list[str]:
@@ -101,7 +109,9 @@ def _served(tmp_path: Path, name: str) -> list[str]:
     c, out = run_template_script(folder, name)
     argv = json.loads(out.split("ARGV ", 1)[1])
     port = str(c.port_map[8000])
-    return ["8000" if a == port else a.replace(str(folder), "<dir>") for a in argv]
+    # each example's own key Secret, written by the runner under its name
+    return ["8000" if a == port else re.sub(r"/secrets/[\w-]+-api-key/", "/secrets/<svc>-api-key/",
+                                            a.replace(str(folder), "<dir>")) for a in argv]
 
 
 def test_plain_example_hands_vllm_serve_the_lora_command_minus_its_lora_arguments(
@@ -133,7 +143,8 @@ def test_lora_example_serves_chat_and_lists_its_adapters(
         log = (workdir / "logs" / "smollm2-lora-kserve.log").read_text()
         assert "[access-log-detect]" in log  # the template's own script ran
         ca = str(workdir / "tls" / "tls.crt")  # the runner's self-signed certificate
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=300,
+        key = example_key(REPO / "llmisvc" / "smollm2-lora-cpu.yaml")  # the Secret's, as a file
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, timeout=300,
                                http_client=openai.DefaultHttpxClient(verify=ca))
         out = client.chat.completions.create(
             model="smollm2", max_tokens=24, temperature=0,  # spec.model.name

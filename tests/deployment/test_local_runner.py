@@ -36,7 +36,14 @@ from deployment.manifests import (
     load_manifests,
     plan,
 )
-from tests.deployment.conftest import REPO, RUNTIMES_DIR, example, runtimes
+from tests.deployment.conftest import (
+    EXAMPLES_DIR,
+    REPO,
+    RUNTIMES_DIR,
+    example,
+    example_key,
+    runtimes,
+)
 
 # The test machine has little memory to spare: a small KV cache for every predictor.
 LOCAL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -115,8 +122,15 @@ class TestStandardCpu:
         assert pred.port_map[8081] and httpx.get(
             f"http://127.0.0.1:{pred.port_map[8080]}/metrics").status_code == 200
 
-    def test_openai_chat_answers_paris(self, standard_cpu) -> None:
-        assert_chat_answers_paris(standard_cpu.component_url("predictor"), "smollm2")
+    def test_openai_chat_answers_paris_with_the_examples_key(self, standard_cpu) -> None:
+        url = standard_cpu.component_url("predictor")
+        key = example_key(EXAMPLES_DIR / "smollm2-standard-cpu.yaml")  # the runner's key file
+        assert_chat_answers_paris(url, "smollm2", api_key=key)
+        # the key is in force: without it 401, while health (the probes) and /metrics need none
+        r = httpx.get(f"{url}/openai/v1/models", timeout=30)
+        assert r.status_code == 401, r.text
+        assert httpx.get(f"{url}/openai/v1/models", timeout=30,
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
     def test_keda_query_names_series_the_runtime_exports(self, standard_cpu) -> None:
         """The autoscaling query would find the metrics: same names, same model_name label."""
@@ -278,8 +292,11 @@ def _fake_runtime(tmp_path: Path, probe_path: str, command: list[str] | None = N
     isvc = copy.deepcopy(example("smollm2-standard-cpu").doc)
     isvc["spec"]["predictor"]["model"].update(runtime="fake", args=[])
     del isvc["spec"]["explainer"]
+    # the key Secret the predictor's volume names, as in the example's file
+    [key] = [d for d in yaml.safe_load_all((EXAMPLES_DIR / "smollm2-standard-cpu.yaml")
+                                           .read_text()) if d and d["kind"] == "Secret"]
     (tmp_path / "rt.yaml").write_text(yaml.safe_dump(rt))
-    (tmp_path / "isvc.yaml").write_text(yaml.safe_dump(isvc))
+    (tmp_path / "isvc.yaml").write_text(yaml.safe_dump_all([key, isvc]))
     return tmp_path / "isvc.yaml", tmp_path / "rt.yaml"
 
 

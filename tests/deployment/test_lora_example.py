@@ -28,6 +28,7 @@ from tests.deployment.conftest import (
     REPO,
     RUNNER_START_TIMEOUT,
     example,
+    example_key,
     runtimes,
     serve_runner,
     stop_runner,
@@ -153,7 +154,9 @@ def test_example_serves_every_adapter_through_the_runner(
         log = (tmp_path / "runner.log").read_text()
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert re.search(rf"ok +{kind}", log), log[-3000:]
-        client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key="unused", timeout=300)
+        # the key of the example's Secret, which the runner wrote as the key file
+        client = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=example_key(EXAMPLE),
+                               timeout=300)
         cards = {m.id: m for m in client.models.list().data}
         assert set(ADAPTERS) | {"smollm2-lora"} <= set(cards), sorted(cards)
 

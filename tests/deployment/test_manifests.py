@@ -20,7 +20,7 @@ from deployment.manifests import ManifestError, load_manifests, plan, select_run
 from tests.deployment.conftest import ALL_YAML, DOCKER_DIR, EXAMPLE_FILES, example, runtimes
 
 KSERVE_KINDS = {"ServingRuntime", "ClusterServingRuntime", "InferenceService"}
-OTHER_KINDS = {"NetworkPolicy"}
+OTHER_KINDS = {"NetworkPolicy", "Secret"}  # core kinds: checked by check_core_document
 
 
 def strict(schema: Any) -> Any:
@@ -54,10 +54,36 @@ def test_every_document_matches_its_crd_schema(path, validators) -> None:
     assert docs
     for doc in docs:
         if doc["kind"] in OTHER_KINDS:
-            assert doc["apiVersion"] == "networking.k8s.io/v1" and doc["spec"]["podSelector"]
+            check_core_document(doc)
             continue
         assert doc["kind"] in KSERVE_KINDS, f"{path.name}: unexpected kind {doc['kind']}"
         assert _errors(validators, doc) == [], f"{path.name} ({doc['kind']})"
+
+
+def check_core_document(doc: dict[str, Any]) -> None:
+    """The Kubernetes kinds the examples ship next to KServe's (no CRD schema here): their
+    fields as the API knows them, strictly (an unknown field would be dropped silently)."""
+    if doc["kind"] == "Secret":
+        assert doc["apiVersion"] == "v1" and doc.get("type", "Opaque") == "Opaque", doc
+        assert set(doc) <= {"apiVersion", "kind", "metadata", "type", "data", "stringData"}, doc
+        assert set(doc["metadata"]) == {"name"}, doc  # the namespace comes from kubectl -n
+        values = {**(doc.get("data") or {}), **(doc.get("stringData") or {})}
+        assert values and all(isinstance(v, str) and v for v in values.values()), doc
+        return
+    assert doc["kind"] == "NetworkPolicy" and doc["apiVersion"] == "networking.k8s.io/v1", doc
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}, doc
+    spec = doc["spec"]
+    assert set(spec) <= {"podSelector", "policyTypes", "ingress", "egress"}, spec
+    assert spec["podSelector"]["matchLabels"] and spec["policyTypes"] == ["Ingress"], spec
+    for rule in spec["ingress"]:
+        assert set(rule) <= {"from", "ports"}, rule
+        for peer in rule.get("from", []):
+            assert set(peer) <= {"podSelector", "namespaceSelector", "ipBlock"}, peer
+            for sel in ("podSelector", "namespaceSelector"):
+                assert set(peer.get(sel, {})) <= {"matchLabels", "matchExpressions"}, peer
+        for port in rule.get("ports", []):
+            assert set(port) <= {"port", "protocol", "endPort"}, port
+            assert isinstance(port["port"], int) and port.get("protocol", "TCP") == "TCP", port
 
 
 def test_strict_validation_catches_a_typo_and_a_bad_quantity(validators) -> None:
@@ -114,6 +140,7 @@ def test_explainer_gets_the_arguments_kserve_appends() -> None:
     [e] = [p for p in plans if p.component == "explainer"]
     assert e.container["command"] == ["python", "-m", "explainers"]
     assert e.container["args"] == ["--model_dir=/mnt/models", "--predictor_timeout=300",
+                                   "--predictor_api_key_file=/etc/kserve-vllm/api-key/key",
                                    "--model_name", "smollm2-knative",
                                    "--predictor_host", "smollm2-knative-predictor.default",
                                    "--http_port", "8080"]

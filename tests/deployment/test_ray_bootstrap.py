@@ -56,8 +56,12 @@ def test_head_waits_for_the_worker_then_serves(model_dir: str) -> None:
     # the 72B example's context length does not fit SmolLM2; a key, which no output may show
     isvc.doc["spec"]["predictor"]["model"]["args"] = ["--max-model-len=2048", "--api_key", KEY]
     printed: list[str] = []
+    plans = plan(isvc, runtimes(), ("predictor",))
+    # the key on the command line instead of the runtime's key file (one source of the two)
+    head_args = plans[0].container["args"]
+    head_args[:] = [a for a in head_args if not a.startswith("--api_key_file=")]
     dep = LocalDeployment(
-        plan(isvc, runtimes(), ("predictor",)), model_dir=model_dir,  # its own temp folder
+        plans, model_dir=model_dir,  # its own temp folder
         extra_env={**RAY_ENV, "TENSOR_PARALLEL_SIZE": "1", "PIPELINE_PARALLEL_SIZE": "1",
                    "VLLM_CPU_KVCACHE_SPACE": "1", "RAY_WAIT_TIMEOUT": "300"},
         echo=printed.append)
