@@ -36,7 +36,7 @@ V2_PARAMETERS = (
     "allowed_token_ids", "apply_chat_template",
 )
 SAMPLING_PARAMETERS = (*V2_PARAMETERS, "n", "best_of", "logprobs")
-_TOKEN_LIMITS = ("max_tokens", "min_tokens", "max_completion_tokens")
+_TOKEN_LIMITS = ("max_tokens", "min_tokens", "max_completion_tokens", "max_output_tokens")
 _CHOICE_LIMITS = ("n", "best_of")
 
 

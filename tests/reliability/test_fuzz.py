@@ -61,10 +61,20 @@ def openai_spec() -> dict[str, Any]:
     request models (the ones the runtime validates with). The server publishes none: vLLM's
     document listed routes the runtime does not serve."""
     from pydantic import TypeAdapter
+    from vllm.entrypoints.anthropic.protocol import (
+        AnthropicCountTokensRequest,
+        AnthropicMessagesRequest,
+    )
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+    from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+    from vllm.entrypoints.pooling.classify.protocol import ClassificationRequest
+    from vllm.entrypoints.pooling.embed.protocol import CohereEmbedRequest, EmbeddingRequest
+    from vllm.entrypoints.pooling.pooling.protocol import PoolingRequest
+    from vllm.entrypoints.pooling.scoring.protocol import RerankRequest, ScoreRequest
     from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+    from vllm.entrypoints.speech_to_text.transcription.protocol import TranscriptionRequest
+    from vllm.entrypoints.speech_to_text.translation.protocol import TranslationRequest
 
     ok = {"200": {"description": "ok"}}
     paths: dict[str, Any] = {"/v1/models": {"get": {"responses": ok}}}
@@ -72,11 +82,22 @@ def openai_spec() -> dict[str, Any]:
     for path, model in [("/v1/chat/completions", ChatCompletionRequest),
                         ("/v1/completions", CompletionRequest),
                         ("/v1/embeddings", EmbeddingRequest),
-                        ("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest)]:
+                        ("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest),
+                        ("/v1/responses", ResponsesRequest),
+                        ("/v1/messages", AnthropicMessagesRequest),
+                        ("/v1/messages/count_tokens", AnthropicCountTokensRequest),
+                        ("/score", ScoreRequest), ("/v1/score", ScoreRequest),
+                        ("/rerank", RerankRequest), ("/v1/rerank", RerankRequest),
+                        ("/v2/rerank", RerankRequest), ("/v2/embed", CohereEmbedRequest),
+                        ("/pooling", PoolingRequest), ("/classify", ClassificationRequest),
+                        ("/v1/audio/transcriptions", TranscriptionRequest),
+                        ("/v1/audio/translations", TranslationRequest),
+                        ("/invocations", ChatCompletionRequest | CompletionRequest)]:
         schema = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
+        media = "multipart/form-data" if "/audio/" in path else "application/json"
         paths[path] = {"post": {"requestBody": {"required": True, "content": {
-            "application/json": {"schema": schema}}}, "responses": ok}}
+            media: {"schema": schema}}}, "responses": ok}}
     return {"openapi": "3.1.0", "info": {"title": "runtime OpenAI routes", "version": "1"},
             "paths": paths, "components": {"schemas": components}}
 
@@ -187,7 +208,36 @@ OPENAI_OPERATIONS = [
     ("POST", "/tokenize", POSITIVE, 20),
     ("POST", "/tokenize", NEGATIVE, 10),
     ("POST", "/detokenize", POSITIVE, 20),
+    # issue 23: the rest of vLLM's API. SmolLM2 pools, scores and hears nothing: a 4xx each.
+    ("POST", "/v1/responses", POSITIVE, 30),
+    ("POST", "/v1/responses", NEGATIVE, 15),
+    ("POST", "/v1/messages", POSITIVE, 30),
+    ("POST", "/v1/messages", NEGATIVE, 15),
+    ("POST", "/v1/messages/count_tokens", POSITIVE, 15),
+    ("POST", "/invocations", POSITIVE, 20),
+    ("POST", "/score", POSITIVE, 5),
+    ("POST", "/v1/score", POSITIVE, 5),
+    ("POST", "/rerank", POSITIVE, 5),
+    ("POST", "/v1/rerank", POSITIVE, 5),
+    ("POST", "/v2/rerank", POSITIVE, 5),
+    ("POST", "/v2/embed", POSITIVE, 5),
+    ("POST", "/pooling", POSITIVE, 5),
+    ("POST", "/classify", POSITIVE, 5),
+    ("POST", "/v1/audio/transcriptions", POSITIVE, 5),
+    ("POST", "/v1/audio/translations", POSITIVE, 5),
 ]
+# Routes a generative model answers with real work (the others: a 4xx naming the API).
+GENERATIVE = {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize",
+              "/v1/models", "/v1/responses", "/v1/messages", "/v1/messages/count_tokens",
+              "/invocations"}
+
+
+def anthropic_error(payload: Any) -> bool:
+    """Anthropic's error shape: ``{"type": "error", "error": {"type": ..., "message": ...}}``."""
+    return isinstance(payload, dict) and payload.get("type") == "error" \
+        and isinstance(payload.get("error"), dict) \
+        and isinstance(payload["error"].get("type"), str) \
+        and isinstance(payload["error"].get("message"), str)
 
 
 def openai_overlay(case: Any, data: st.DataObject) -> None:
@@ -200,14 +250,18 @@ def openai_overlay(case: Any, data: st.DataObject) -> None:
         body["model"] = MODEL
     if data.draw(st.integers(0, 2), label="real prompt") == 0:
         text = data.draw(fuzzing.prompt_text | fuzzing.fuzzy_text, label="prompt")
-        if case.operation.path.endswith("chat/completions"):
+        if case.operation.path.endswith(("chat/completions", "/messages", "count_tokens")):
             body["messages"] = [{"role": "user", "content": text}]
+        elif case.operation.path.endswith("/responses"):
+            body["input"] = text
         else:
             body["prompt"] = data.draw(st.just(text) | fuzzing.token_ids, label="prompt")
     if not data.draw(st.booleans(), label="no sampling parameters"):
         wild = data.draw(st.booleans(), label="wild")
         body.update(data.draw(fuzzing.parameters(wild=wild, openai=True), label="parameters"))
     fuzzing.cap_generation(body, always_bound=True)
+    if case.operation.path.endswith("/responses") and body.get("max_output_tokens") is None:
+        body["max_output_tokens"] = fuzzing.MAX_TOKENS_CAP
 
 
 @pytest.mark.parametrize(
@@ -218,8 +272,9 @@ def test_openai_operation_has_no_server_error(predictor: ServerProcess, openai_s
                                               max_examples: int) -> None:
     operation = openai_schema[path][method]
     run_schema_fuzz(operation, mode=mode, base_url=predictor.url + "/openai",
-                    overlay=openai_overlay, max_examples=max_examples, error_shape=openai_error,
-                    expect_success=path != "/v1/embeddings")  # SmolLM2 embeds nothing: 4xx
+                    overlay=openai_overlay, max_examples=max_examples,
+                    error_shape=anthropic_error if "/messages" in path else openai_error,
+                    expect_success=path in GENERATIVE)  # SmolLM2 embeds nothing: 4xx
 
 
 def test_openai_fuzzing_covers_every_served_route() -> None:
