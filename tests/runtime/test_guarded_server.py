@@ -217,8 +217,11 @@ def test_operator_routes_only_with_the_key(guarded) -> None:
 # (``{"error": ...}``), shows the request passed the allowlist and reached vLLM. vLLM's LoRA
 # load/unload are the runtime's repository load/unload (its checks; here, no lora_name: 400).
 VLLM_NOT_FOUND = {"detail": "Not Found"}
+# /load and /kv_event_sources are vLLM's GET routes, registered whatever the switches: a POST
+# reaches them and gets FastAPI's 405.
 OPERATOR_ANSWERS = {"/is_scaling_elastic_ep": 200, "/scale_elastic_ep": 400,
-                    "/v1/load_lora_adapter": 400, "/v1/unload_lora_adapter": 400}
+                    "/v1/load_lora_adapter": 400, "/v1/unload_lora_adapter": 400,
+                    "/load": 405, "/kv_event_sources": 405}
 RUNTIME_ANSWERS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 
@@ -389,3 +392,31 @@ def test_overload_gets_429_with_retry_after(guarded) -> None:
     assert in_flight == 2  # the two occupying streams (a /metrics read is not inference)
     assert _counted(url, *rejected) - before == len(refusals) >= 5, refusals
     assert _in_flight(url) == 0
+
+
+def test_responses_and_messages_need_the_key_and_keep_the_limits(guarded) -> None:
+    """Issue 23's routes on the guarded server: the key (Anthropic's error shape on
+    /v1/messages), --max_tokens_limit on max_output_tokens and Anthropic's max_tokens,
+    --max_stop_sequences on stop_sequences, --default_max_tokens when Responses gives none."""
+    messages = {"model": "smollm2", "max_tokens": 5,
+                "messages": [{"role": "user", "content": QUESTION}]}
+    r = httpx.post(guarded.url + "/v1/messages", json=messages, timeout=60)
+    assert r.status_code == 401, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "authentication_error"
+    r = httpx.post(guarded.url + "/v1/responses", json={"model": "smollm2", "input": "hi"},
+                   headers=OPERATOR, timeout=60)
+    assert r.status_code == 401 and r.json()["error"]["code"] == 401, r.text
+    r = httpx.post(guarded.url + "/v1/messages", json={**messages, "max_tokens": 801},
+                   headers=AUTH, timeout=60)
+    assert r.status_code == 400 and "--max_tokens_limit" in r.json()["error"]["message"], r.text
+    r = httpx.post(guarded.url + "/v1/messages", headers=AUTH, timeout=60,
+                   json={**messages, "stop_sequences": ["a", "b", "c"]})
+    assert r.status_code == 400 and "--max_stop_sequences" in r.text, r.text
+    r = httpx.post(guarded.url + "/openai/v1/responses", headers=AUTH, timeout=60,
+                   json={"model": "smollm2", "input": QUESTION, "max_output_tokens": 801})
+    assert r.status_code == 400 and "--max_tokens_limit" in r.text, r.text
+    r = httpx.post(guarded.url + "/v1/responses", headers=AUTH, timeout=60,
+                   json={"model": "smollm2", "input": QUESTION, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["output_tokens"] == DEFAULT_MAX_TOKENS
+    assert r.json()["status"] == "incomplete"  # cut by the server's default cap
