@@ -29,6 +29,9 @@ class Admission:
         self.max_waiting = max_waiting  # None: unbounded
         self.requests = 0
         self.engine_requests = 0
+        # Engine requests admitted by client requests still in flight, started or not: a burst
+        # admitted together counts before any of it reaches the engine.
+        self.admitted = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -55,18 +58,26 @@ class Admission:
 
     @property
     def waiting(self) -> int:
-        """Engine requests beyond what the engine runs at once: they wait in its queue."""
-        return max(0, self.engine_requests - self.capacity)
+        """Engine requests beyond what the engine runs at once: they wait in its queue (or
+        are admitted and on their way to it)."""
+        return max(0, max(self.engine_requests, self.admitted) - self.capacity)
 
     def admit(self, new_engine_requests: int = 1) -> None:
-        """Raise ``OverloadedError`` when ``new_engine_requests`` more would wait past the bound."""
-        if self.max_waiting is None:
-            return
-        would_wait = max(0, self.engine_requests + new_engine_requests - self.capacity)
-        if would_wait > self.max_waiting:
-            raise OverloadedError(
-                f"server overloaded: {self.waiting} requests waiting (limit "
-                f"{self.max_waiting}); retry later")
+        """Raise ``OverloadedError`` when ``new_engine_requests`` more would wait past the
+        bound; otherwise count them as admitted until :meth:`release` (the client request's
+        end), whether or not they have reached the engine yet."""
+        if self.max_waiting is not None:
+            would_wait = max(0, max(self.engine_requests, self.admitted)
+                             + new_engine_requests - self.capacity)
+            if would_wait > self.max_waiting:
+                raise OverloadedError(
+                    f"server overloaded: {self.waiting} requests waiting (limit "
+                    f"{self.max_waiting}); retry later")
+        self.admitted += new_engine_requests
+
+    def release(self, engine_requests: int) -> None:
+        """A client request ended: the engine requests it was admitted for no longer count."""
+        self.admitted = max(0, self.admitted - engine_requests)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no client request is in flight; False if ``timeout`` passed first."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ from runtime.limits import Limits, Work
 from runtime.metrics import OTHER, count_request, current_model, current_protocol
 
 logger = logging.getLogger(__name__)
+
+# The request being served, for the steps that run inside it (admission).
+current_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "current_call", default=None)
 
 # The model label of requests that name no served model: one fixed value, so a client cannot
 # create a metric series per random name.
@@ -67,6 +72,7 @@ class Call:
     outcome: str | None = None  # set by the transport (status) or the route (mid-stream)
     details: dict[str, str] = field(default_factory=dict)
     _labels: Callable[[str | None], str] | None = None
+    admitted: int = 0  # engine requests admitted for it (released when it ends)
 
     def name(self, model: str | None) -> None:
         """The model the request turned out to name (OpenAI: in the body): its count and its
@@ -158,9 +164,15 @@ class Pipeline:
         return name if name in self.served_names or name in self.adapters else OTHER_MODEL
 
     def admit(self, work: Work) -> None:
-        """Limits on the validated request, then the overload bound."""
+        """Limits on the validated request, then the overload bound; what it admits is
+        released when the request's sequence ends."""
         limits.check(self.limits, work)
         self.admission.admit(work.engine_requests)
+        call = current_call.get()
+        if call is not None:
+            call.admitted += work.engine_requests
+        else:  # admitted outside a request's sequence: nothing would ever release it
+            self.admission.release(work.engine_requests)
 
     @contextlib.contextmanager
     def request(self, protocol: str, model: str | None, *,
@@ -175,6 +187,7 @@ class Pipeline:
         record = Call(protocol, self.label(model), _labels=self.label)
         protocol_token = current_protocol.set(protocol)
         model_token = current_model.set(record.model)
+        call_token = current_call.set(record)
         entered = False
         try:
             if authenticate:
@@ -199,6 +212,8 @@ class Pipeline:
         finally:
             if entered:
                 self.admission.leave()
+            self.admission.release(record.admitted)
             current_protocol.reset(protocol_token)
             current_model.reset(model_token)
+            current_call.reset(call_token)
             count_request(record.model, record.protocol, record.outcome or "server_error")

@@ -97,9 +97,9 @@ class RuntimeSettings(BaseModel):
     protect_metrics: bool = Field(
         default=False, description="require the API key on /metrics too")
     max_waiting_requests: int | None = Field(
-        default=None, description="engine requests allowed to wait beyond the running batch; "
-                                  "past it 429 / RESOURCE_EXHAUSTED with Retry-After "
-                                  "(default: unbounded)")
+        default=512, description="engine requests allowed to wait beyond the running batch "
+                                 "(admitted ones on their way to the engine included); past "
+                                 "it 429 / RESOURCE_EXHAUSTED with Retry-After")
     drain_timeout: float = Field(
         default=25.0, description="on SIGTERM: readiness turns false, new requests get 503, "
                                   "in-flight requests get this many seconds to finish (fits "

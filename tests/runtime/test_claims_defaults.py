@@ -26,7 +26,7 @@ DOCUMENTED = {
     "max_request_bytes": 8 * MIB,       # "--max_request_bytes (default 8 MiB ...)"
     "health_check_interval": 1.0,       # "--health_check_interval (default 1 s)"
     "drain_timeout": 25.0,              # "--drain_timeout (s, default 25 ...)"
-    "max_waiting_requests": None,       # "--max_waiting_requests (default unbounded)"
+    "max_waiting_requests": 512,        # "--max_waiting_requests (default 512)"
     "max_adapters": 32,                 # "--max_adapters (32)", "(default 32, static ones ...)"
     "enable_adapter_loading": False,    # "--enable_adapter_loading (default off)"
     "enable_operator_routes": False,    # "--enable_operator_routes (default off)"

@@ -177,3 +177,44 @@ def test_a_request_ending_after_its_adapter_was_unloaded_creates_no_series() -> 
     metrics.serve_model("gone-adapter")  # loaded again: its own name again
     metrics.count_request("gone-adapter", "v2-rest", "success")
     assert requests("gone-adapter") == 1
+
+
+def test_a_burst_cannot_pass_the_waiting_bound_together() -> None:
+    """Admission counts what it admitted until the request ends, not only what reached the
+    engine: requests admitted together (none has started in the engine yet) are bounded, and
+    what a finished request was admitted for is released."""
+    from runtime.errors import OverloadedError
+    from runtime.limits import Work
+
+    parts = assemble(max_waiting_requests=2)  # the fake engine's capacity is 4
+    pipeline = parts.pipeline
+
+    async def go() -> list[str]:
+        done = [asyncio.Event() for _ in range(8)]
+        outcomes: list[str] = []
+
+        async def one(i: int) -> None:  # a request in a task of its own, as on a server
+            try:
+                with pipeline.request("v2-rest", "smollm2"):
+                    pipeline.admit(Work(1))
+                    outcomes.append("admitted")
+                    await done[i].wait()
+            except OverloadedError:
+                outcomes.append("refused")
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(7)]
+        await asyncio.sleep(0.05)  # all seven have run up to their wait: none in the engine
+        assert parts.admission.engine_requests == 0 and parts.admission.admitted == 6
+        done[0].set()  # one ends: what it was admitted for is released
+        await asyncio.sleep(0.05)
+        assert parts.admission.admitted == 5
+        tasks.append(asyncio.ensure_future(one(7)))  # room again
+        await asyncio.sleep(0.05)
+        for ev in done:
+            ev.set()
+        await asyncio.gather(*tasks)
+        assert parts.admission.admitted == 0
+        return outcomes
+
+    outcomes = asyncio.run(go())
+    assert outcomes.count("refused") == 1 and outcomes.count("admitted") == 7, outcomes

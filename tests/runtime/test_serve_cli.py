@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from runtime import routes, serve_cli
 from runtime.routes import Kind
+from runtime.settings import EngineArgsError
 from tests.runtime.test_pipeline import send
 from tests.support.app import assemble
 
@@ -34,14 +37,41 @@ def test_the_template_command_becomes_the_runtimes_settings(tmp_path: Path) -> N
 
 
 def test_host_and_access_log_switches_are_accepted_without_effect(tmp_path: Path) -> None:
-    """vllm serve's --host (both spellings) and its access-log switches are accepted and
-    change nothing: the same settings as without them, nothing left for the engine."""
+    """vllm serve's --host with a wildcard address (both spellings) and its access-log
+    switches are accepted and change nothing: the same settings as without them, nothing left
+    for the engine."""
     plain = serve_cli.parse([str(tmp_path), "--port", "8001"])
-    for extra in (["--host", "127.0.0.1"], ["--host=::"], ["--disable-uvicorn-access-log"],
+    for extra in (["--host", "0.0.0.0"], ["--host=::"], ["--disable-uvicorn-access-log"],
                   ["--disable-access-log-for-endpoints", "/health"]):
         s = serve_cli.parse([str(tmp_path), "--port", "8001", *extra])
         assert s == plain, extra
         assert s.engine_argv == [], extra
+
+
+@pytest.mark.parametrize("extra", [["--host", "127.0.0.1"], ["--host=10.0.0.5"],
+                                   ["--uds", "/tmp/vllm.sock"], ["--ssl-ca-certs", "/ca.pem"],
+                                   ["--ssl-cert-reqs=2"]])
+def test_security_flags_it_cannot_honour_refuse_to_start(tmp_path: Path,
+                                                         extra: list[str]) -> None:
+    """A flag asking for less exposure (a loopback or single address, a Unix socket, client
+    certificates) is refused with a clear error, never silently ignored (issue 24 item 6)."""
+    with pytest.raises(EngineArgsError) as err:
+        serve_cli.parse([str(tmp_path), *extra])
+    assert extra[0].split("=")[0] in str(err.value)
+
+
+def test_vllm_api_key_is_read_as_vllm_serve_does(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("API_KEY", raising=False)
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    s = serve_cli.parse([str(tmp_path)])
+    assert s.api_key is not None and s.api_key.get_secret_value() == "from-env"
+    s = serve_cli.parse([str(tmp_path), "--api-key", "flag"])  # the flag wins, as in vLLM
+    assert s.api_key is not None and s.api_key.get_secret_value() == "flag"
+    monkeypatch.setenv("VLLM_API_KEY", "")
+    with pytest.raises(SystemExit) as exit_:  # an empty key fails closed
+        serve_cli.parse([str(tmp_path)])
+    assert exit_.value.code == 2
 
 
 def test_vllm_serve_defaults(tmp_path: Path) -> None:
