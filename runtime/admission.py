@@ -18,6 +18,10 @@ IN_FLIGHT = Gauge("kserve_llm_requests_in_flight", "Client requests being served
                   ["model"])
 ENGINE_IN_FLIGHT = Gauge("kserve_llm_engine_requests_in_flight",
                          "Engine requests submitted and not yet finished or aborted.", ["model"])
+ADMITTED_WAITING = Gauge(
+    "kserve_llm_requests_admitted_waiting",
+    "Engine requests the runtime admitted that have not reached the engine yet (its own "
+    "queue, before vLLM's vllm:num_requests_waiting).", ["model"])
 
 
 class Admission:
@@ -32,6 +36,8 @@ class Admission:
         # Engine requests admitted by client requests still in flight, started or not: a burst
         # admitted together counts before any of it reaches the engine.
         self.admitted = 0
+        ADMITTED_WAITING.labels(model).set_function(
+            lambda: max(0, self.admitted - self.engine_requests))
         self._idle = asyncio.Event()
         self._idle.set()
 

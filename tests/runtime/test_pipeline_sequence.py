@@ -218,3 +218,24 @@ def test_a_burst_cannot_pass_the_waiting_bound_together() -> None:
 
     outcomes = asyncio.run(go())
     assert outcomes.count("refused") == 1 and outcomes.count("admitted") == 7, outcomes
+
+
+def test_the_runtimes_own_queue_is_a_gauge() -> None:
+    """kserve_llm_requests_admitted_waiting: admitted by the runtime, not yet in the engine."""
+    from prometheus_client import REGISTRY
+
+    from runtime.admission import Admission
+
+    admission = Admission("queue-model", capacity=4, max_waiting=None)
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("kserve_llm_requests_admitted_waiting",
+                                         {"model": "queue-model"})
+
+    admission.admit(3)
+    assert gauge() == 3
+    admission.engine_started()  # one reached the engine
+    assert gauge() == 2
+    admission.release(3)
+    admission.engine_finished()
+    assert gauge() == 0
