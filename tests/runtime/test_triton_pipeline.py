@@ -266,3 +266,38 @@ def test_grpc_tls_presents_the_certificate_and_its_replacement(tmp_path: Any) ->
     old = fingerprint(cert)
     first, second, new = asyncio.run(go())
     assert first == old and second == new != old
+
+
+def test_a_call_without_the_key_is_refused_before_its_message_is_parsed() -> None:
+    """ModelInfer without the key: UNAUTHENTICATED (and counted) even when its bytes are not a
+    message at all, because the key is read from the metadata before the payload is parsed
+    (parsing first answered INTERNAL, after deserializing up to 8 MiB for a stranger)."""
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+
+    from runtime.protocol.grpc_server import RuntimeServicer
+
+    async def go(metadata: Any) -> grpc.StatusCode:
+        parts = assemble(api_key="sesame")
+        server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            RuntimeServicer(None, None), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                infer = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ModelInfer",
+                    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+                try:
+                    await infer(b"\xff\xff\xff not a protobuf message", metadata=metadata)
+                except aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+        finally:
+            await server.stop(None)
+
+    before = _count("client_error")
+    assert asyncio.run(go(None)) == grpc.StatusCode.UNAUTHENTICATED
+    assert _count("client_error") == before + 1
+    # with the key, the same bytes are parsed, and fail as a malformed message
+    assert asyncio.run(go((("authorization", "Bearer sesame"),))) != grpc.StatusCode.UNAUTHENTICATED
