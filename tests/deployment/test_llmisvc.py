@@ -80,7 +80,8 @@ def _errors(validators: dict[str, jsonschema.Draft7Validator], doc: dict) -> lis
 
 # ----- the manifests ---------------------------------------------------------------------------
 def test_the_examples_are_there() -> None:
-    assert [p.name for p in LLMISVC_FILES] == ["smollm2-cpu.yaml", "smollm2-lora-cpu.yaml"]
+    assert [p.name for p in LLMISVC_FILES] == ["smollm2-cpu.yaml", "smollm2-lora-cpu.yaml",
+                                              "smollm2-scaling-cpu.yaml"]
 
 
 @pytest.mark.parametrize("path", LLMISVC_FILES, ids=lambda p: p.name)

@@ -102,6 +102,7 @@ def test_each_example_selects_the_runtime_it_documents() -> None:
     assert chosen == {"smollm2-standard-cpu": "kserve-vllm-cpu",  # auto-selected by format
                       "smollm2-knative-cpu": "kserve-vllm-knative",
                       "smollm2-lora-cpu": "kserve-vllm-cpu",
+                      "smollm2-autoscaling-cpu": "kserve-vllm-cpu",
                       "qwen-standard-gpu": "kserve-vllm-gpu",
                       "qwen-multinode-gpu": "kserve-vllm-multinode"}
 
