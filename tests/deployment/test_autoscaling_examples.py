@@ -310,3 +310,14 @@ def test_the_checks_catch_what_a_cluster_would_reject() -> None:
     llm["spec"]["scaling"]["minReplicas"] = 5
     llm["spec"]["scaling"]["keda"]["triggers"] = []
     assert len(scaling_errors(llm)) == 3, scaling_errors(llm)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_passes_kserves_keda_rules(path: Path) -> None:
+    """Every example InferenceService that scales with KEDA would pass KServe's webhook
+    (`target.value` required; `averageValue` alone was refused) and queries served series."""
+    for doc in _docs(path):
+        if doc.get("kind") != "InferenceService" or "autoScaling" not in doc["spec"].get(
+                "predictor", {}):
+            continue
+        assert kserve_keda_errors(doc) == [], path.name
