@@ -30,7 +30,9 @@ class Limits:
     ``max_budget``: forward passes per explanation, counting the baseline, the method and the
     deletion test. ``max_prompt_tokens``: tokens of the rendered prompt plus the response (the
     sequence every forward pass scores), checked before any feature is built.
-    ``max_instances``: explanations per request body.
+    ``max_instances``: explanations per request body. ``max_request_budget``: forward passes
+    of all the explanations of one body together (``None``: ``max_budget``), checked before
+    any predictor call.
     """
 
     max_budget: int = 1024
@@ -38,6 +40,17 @@ class Limits:
     max_new_tokens: int = 256
     max_prompt_tokens: int = 2048
     max_instances: int = 8
+    max_request_budget: int | None = None
+
+
+@dataclass
+class Plan:
+    """One explanation checked and costed, before any predictor call."""
+
+    req: ExplainRequest
+    method: ExplanationMethod
+    prompt: Any
+    passes: int
 
 
 class Explainer:
@@ -64,8 +77,15 @@ class Explainer:
         requests = [parse_request(obj) for obj in objects]
         for req in requests:
             self._method(req)  # refuse unknown methods before any work
-        results = [await self.explain(req) for req in requests]
-        return {"explanations": results}
+        plans = [await self._plan(req) for req in requests]
+        limit = self.limits.max_request_budget or self.limits.max_budget
+        total = sum(p.passes for p in plans)
+        if total > limit:
+            raise ClientError(
+                f"the request's {len(plans)} explanations need {total} forward passes together "
+                f"({', '.join(str(p.passes) for p in plans)}); the limit is {limit} "
+                f"(--max_request_budget); send fewer instances or lower params.budget")
+        return {"explanations": [await self._run(p) for p in plans]}
 
     def _response_ids(self, response: str, room: int) -> list[int]:
         """The response's token ids; 400 when prompt and response exceed the token limit."""
@@ -92,7 +112,10 @@ class Explainer:
 
     async def explain(self, req: ExplainRequest) -> dict[str, Any]:
         """One explanation."""
-        started = time.perf_counter()
+        return await self._run(await self._plan(req))
+
+    async def _plan(self, req: ExplainRequest) -> Plan:
+        """Every check that needs no predictor: method, prompt, features, forward passes."""
         method = self._method(req)
         limits = self.limits
         # tokenizing and building features is CPU work: off the event loop, after a length
@@ -118,6 +141,13 @@ class Explainer:
                 f"({check}) that is {total}, over the budget of {budget}; use a coarser "
                 f"granularity, lower params.faithfulness_trials or raise params.budget (at "
                 f"most {limits.max_budget}, --max_budget)")
+        return Plan(req=req, method=method, prompt=prompt, passes=total)
+
+    async def _run(self, plan: Plan) -> dict[str, Any]:
+        """The explanation of a checked request (the predictor's calls start here)."""
+        started = time.perf_counter()
+        req, method, prompt, limits = plan.req, plan.method, plan.prompt, self.limits
+        n = len(prompt.features)
         stats = ScoreStats()
         response = req.response
         room = limits.max_prompt_tokens - len(prompt.ids)

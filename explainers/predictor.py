@@ -10,6 +10,7 @@ vLLM's continuous batching scores them together instead of one request after ano
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,12 @@ import httpx
 
 from explainers.errors import ClientError, PredictorError, PredictorTimeout, PredictorUnreachable
 from runtime.auth import ApiKey
+
+logger = logging.getLogger("explainers")
+
+# Headers of the caller passed on to the predictor by ``:predict``: tracing only. Never the
+# caller's Authorization (the explainer's own key for the predictor goes instead).
+TRACE_HEADERS = ("x-request-id", "x-b3-traceid")
 
 # Tried in order; the first one that exists (not 404) decides readiness. The project's runtime
 # answers /v2/health/ready (engine state); plain vLLM answers /health.
@@ -148,17 +155,33 @@ class PredictorClient:
         return rows
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        path = f"{self.api_prefix}/completions"
+        return await self._request(f"{self.api_prefix}/completions", body)
+
+    async def predict(self, body: Any, headers: dict[str, str] | None = None) -> Any:
+        """KServe v1 ``:predict`` on the predictor, with the explainer's predictor key (never
+        the caller's ``Authorization``) and only the caller's tracing headers."""
+        trace = {k: v for k, v in (headers or {}).items() if k.lower() in TRACE_HEADERS}
+        return await self._request(f"/v1/models/{self.model}:predict", body, trace)
+
+    async def _request(self, path: str, body: Any,
+                       headers: dict[str, str] | None = None) -> Any:
+        """POST ``body`` to ``path``; errors for the client name the route, never the
+        predictor's address (logged instead, for the operator)."""
         try:
-            r = await self.client.post(path, json=body, headers=self.api_key.header())
+            r = await self.client.post(path, json=body,
+                                       headers={**(headers or {}), **self.api_key.header()})
         except httpx.TimeoutException as exc:
+            logger.warning("predictor %s%s: no answer within %g s (%s)", self.url, path,
+                           self.timeout, type(exc).__name__)
             raise PredictorTimeout(
-                f"the predictor at {self.url} did not answer within {self.timeout:g} s "
+                f"the predictor did not answer within {self.timeout:g} s "
                 f"({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
+            logger.warning("predictor %s%s unreachable: %s: %s", self.url, path,
+                           type(exc).__name__, exc)
             raise PredictorUnreachable(
-                f"cannot reach the predictor at {self.url}: {type(exc).__name__}: {exc}"
+                f"cannot reach the predictor: {type(exc).__name__}"
             ) from exc
         if r.status_code == 400:
             raise ClientError(f"the predictor refused the request: {_error_text(r)}")
@@ -170,6 +193,7 @@ class PredictorClient:
                 f"({_error_text(r)})"
             )
         if r.status_code != 200:
+            logger.warning("predictor %s%s answered %d", self.url, path, r.status_code)
             raise PredictorError(
                 f"the predictor answered {r.status_code} on {path}: {_error_text(r)}"
             )

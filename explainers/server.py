@@ -7,7 +7,10 @@ ready once the tokenizer and methods are loaded, but the explainer is useless wi
 predictor, so readiness (``/v1/models/{name}`` and ``/v2/health/ready``) probes the predictor.
 The ``:explain`` route itself skips that check (KServe passes
 ``disable_predictor_health_check``) so a request made while the predictor is down gets a 502
-with the reason instead of a bare 503. This is the only module that imports ``kserve``.
+with the reason instead of a bare 503. Liveness (``/`` and ``/v2/health/live``) never asks the
+predictor, so a predictor outage makes the explainer unready, not restarted. ``:predict`` is
+passed to the predictor with the explainer's own predictor key, never the caller's
+``Authorization``. This is the only module that imports ``kserve``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from kserve.protocol.dataplane import DataPlane
 from explainers.auth import BearerGate
 from explainers.errors import ClientError, ExplainerError
 from explainers.explainer import Explainer, Limits
+from explainers.gate import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_REQUEST_BYTES, RequestGate
 from explainers.methods.base import DEFAULT_IG_BATCH_TOKENS, MethodSettings
 from explainers.methods.registry import load_methods
 from explainers.predictor import PredictorClient, base_url
@@ -65,6 +69,14 @@ class LLMExplainerModel(kserve.Model):
             except ValueError as exc:
                 raise ClientError(f"the request body is not JSON: {exc}") from exc
         return await self.explainer.explain_body(payload)
+
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Any:
+        # KServe's default forwards the caller's Authorization (the explainer's key) to the
+        # predictor; this sends the explainer's predictor key and the tracing headers only.
+        if not isinstance(payload, dict):
+            raise ClientError("the explainer passes on only KServe v1 ':predict' JSON bodies")
+        return await self.explainer.client.predict(payload, headers)
 
 
 class ExplainerDataPlane(DataPlane):
@@ -103,8 +115,13 @@ async def _explainer_error_handler(_: Request, exc: Exception) -> JSONResponse:
                         content={"error": exc.message, "type": type(exc).__name__})
 
 
-def _install_routes(app: FastAPI, explainer: Explainer, api_key: ApiKey) -> None:
+def _install_routes(app: FastAPI, explainer: Explainer, api_key: ApiKey,
+                    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS) -> None:
     app.add_exception_handler(ExplainerError, _explainer_error_handler)
+    # the last added runs first: the key, then the concurrency and body caps, then KServe
+    app.add_middleware(RequestGate, max_request_bytes=max_request_bytes,
+                       max_concurrent_requests=max_concurrent_requests)
     app.add_middleware(BearerGate, api_key=api_key)
 
     async def list_methods() -> dict[str, Any]:
@@ -152,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "any feature is built")
     p.add_argument("--max_instances", type=int, default=8,
                    help="most explain requests in one body's 'instances'")
+    p.add_argument("--max_request_budget", type=int, default=None,
+                   help="most forward passes of all the explanations of one request body "
+                        "together, checked before any predictor call (default: --max_budget)")
+    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest accepted request body; larger gets 413 before it is read")
+    p.add_argument("--max_concurrent_requests", type=int,
+                   default=DEFAULT_MAX_CONCURRENT_REQUESTS,
+                   help="requests with a body served at once (explain, predict); one more "
+                        "gets 429 with Retry-After")
     p.add_argument("--ig_batch_tokens", type=int, default=DEFAULT_IG_BATCH_TOKENS,
                    help="integrated gradients: most tokens (steps x sequence) in one "
                         "forward/backward pass; bounds its memory (~1.1-1.4 MiB per token)")
@@ -198,8 +224,9 @@ def build_explainer(args: argparse.Namespace) -> tuple[Explainer, ApiKey]:
     """Tokenizer, methods, predictor client and the explainer's own key from parsed
     arguments; ``StartupError`` for anything the operator must fix."""
     for name in ("max_budget", "max_features", "max_prompt_tokens", "max_instances",
-                 "ig_batch_tokens", "predictor_batch_size"):
-        if getattr(args, name) < 1:
+                 "ig_batch_tokens", "predictor_batch_size", "max_request_budget",
+                 "max_request_bytes", "max_concurrent_requests"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise StartupError(f"--{name} must be at least 1")
     api_key = _api_key(args.api_key, args.api_key_file, "api_key", "API_KEY")
     predictor_key = _api_key(args.predictor_api_key, args.predictor_api_key_file,
@@ -222,7 +249,8 @@ def build_explainer(args: argparse.Namespace) -> tuple[Explainer, ApiKey]:
         api_prefix=args.predictor_api_prefix.rstrip("/"), api_key=predictor_key,
     )
     limits = Limits(max_budget=args.max_budget, max_features=args.max_features,
-                    max_prompt_tokens=args.max_prompt_tokens, max_instances=args.max_instances)
+                    max_prompt_tokens=args.max_prompt_tokens, max_instances=args.max_instances,
+                    max_request_budget=args.max_request_budget)
     return Explainer(tokenizer, client, methods, limits), api_key
 
 
@@ -262,5 +290,6 @@ def main(argv: list[str] | None = None) -> None:
                                          predictor_health_check=False),
     )
     server.dataplane = ExplainerDataPlane(server.registered_models, explainer.client)
-    _install_routes(kserve_app, explainer, api_key)
+    _install_routes(kserve_app, explainer, api_key, args.max_request_bytes,
+                    args.max_concurrent_requests)
     server.start([LLMExplainerModel(args.model_name, explainer)])

@@ -145,8 +145,9 @@ def test_explainer_gets_the_arguments_kserve_appends() -> None:
                                    "--model_name", "smollm2-knative",
                                    "--predictor_host", "smollm2-knative-predictor.default",
                                    "--http_port", "8080"]
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for kind in ("startupProbe", "readinessProbe"):  # these follow the predictor
         assert e.container[kind]["httpGet"]["path"] == "/v1/models/smollm2-knative"
+    assert e.container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"  # its own
 
 
 def test_multinode_plan_has_a_head_and_a_worker_per_extra_stage() -> None:

@@ -95,18 +95,27 @@ def test_slow_then_unreachable_predictor(model_dir: str) -> None:
                              extra=["--predictor_timeout=2", "--methods=leave_one_out"],
                              health_path="/v2/health/live")
     try:
-        # not ready: its predictor does not answer
+        # not ready: its predictor does not answer; but alive (liveness never asks it)
         assert httpx.get(f"{server.url}/v1/models/{MODEL}", timeout=10).status_code == 503
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 503
+        assert httpx.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+        # a body over --max_request_bytes (1 MiB): 413 in front of KServe, no predictor call
+        big = httpx.post(f"{server.url}/v1/models/{MODEL}:explain", timeout=30,
+                         content=b"{" + b" " * (1024 * 1024) + b"}",
+                         headers={"content-type": "application/json"})
+        assert big.status_code == 413, big.text
+        assert big.json()["type"] == "PayloadTooLarge"
         t0 = time.monotonic()
         r = explain(server, CHAT, timeout=30)
         assert r.status_code == 504, r.text
         assert "did not answer within 2 s" in r.json()["error"]
+        assert str(port) not in r.text  # the predictor's address is logged, never sent
         assert time.monotonic() - t0 < 10
         hole.close()
         r = explain(server, CHAT, timeout=30)
         assert r.status_code == 502, r.text
         assert "cannot reach the predictor" in r.json()["error"]
+        assert str(port) not in r.text and f"127.0.0.1:{port}" in server.log()
         assert server.proc is not None and server.proc.poll() is None  # still serving
     finally:
         hole.close()
