@@ -264,6 +264,12 @@ def parse(argv: Sequence[str] | None = None) -> RuntimeSettings:
         given["model_dir"] = models[-1]
     engine_argv, aliases = _take(engine_argv, "--served-model-name", many=True)
     values: dict[str, Any] = {"engine_argv": engine_argv}
+    # vLLM's tracing flag stays in the engine argv (vLLM exports its own spans) and is read here
+    # too (the runtime's span of each request), in either spelling.
+    endpoints = [v for spelling in ("--otlp-traces-endpoint", "--otlp_traces_endpoint")
+                 for v in _take(list(engine_argv), spelling)[1]]
+    if endpoints:
+        values["otlp_traces_endpoint"] = endpoints[-1]
     for flag in flags():
         if flag.name in given:
             *outer, name = flag.path

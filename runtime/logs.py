@@ -12,6 +12,8 @@ import logging
 import uuid
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The trace id of the request's span when tracing is on (runtime.tracing): shown next to the id.
+trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
 
 FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
@@ -24,10 +26,13 @@ def new_request_id(given: str | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record so the format can show it."""
+    """Adds ``request_id`` to every record so the format can show it; with tracing on, the
+    request's trace id follows it (``[ID trace_id=HEX]``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        trace = trace_id.get()
+        record.request_id = request_id.get() if trace is None else \
+            f"{request_id.get()} trace_id={trace}"
         return True
 
 

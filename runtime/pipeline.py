@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from runtime import limits
@@ -35,6 +35,7 @@ from runtime.errors import (
 from runtime.lifecycle import Lifecycle, State
 from runtime.limits import Limits, Work
 from runtime.metrics import OTHER, count_request, current_model, current_protocol
+from runtime.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Pipeline:
                  request_limits: Limits, served_names: list[str],
                  protect_metrics: bool = False, operator_routes: bool = False,
                  max_adapters: int = 0, vllm_serve: bool = False,
-                 operator_key: ApiKey | None = None) -> None:
+                 operator_key: ApiKey | None = None, tracing: Tracing | None = None) -> None:
         self.lifecycle = lifecycle
         self.admission = admission
         self.api_key = api_key
@@ -107,6 +108,7 @@ class Pipeline:
         self.vllm_serve = vllm_serve  # `python -m runtime serve`: vLLM's paths where they differ
         # LoRA adapters served now (static and loaded at run time): models like the base one.
         self.adapters = AdapterSet(self.served_names, max_adapters)
+        self.tracing = tracing  # vLLM's --otlp-traces-endpoint: a span per request (tracing.py)
 
     @property
     def default_model(self) -> str:
@@ -177,13 +179,17 @@ class Pipeline:
     @contextlib.contextmanager
     def request(self, protocol: str, model: str | None, *,
                 authorization: str | bytes | None = None, authenticate: bool = True,
-                checks: Callable[[], None] | None = None) -> Iterator[Call]:
+                checks: Callable[[], None] | None = None, route: str = "",
+                carrier: Mapping[str, str] | None = None) -> Iterator[Call]:
         """The one sequence of an inference request, on every transport (the HTTP gate, gRPC
         ModelInfer, each ModelStreamInfer message): the key, then ``checks`` (the transport's
         own: the body size), readiness, the model, the in-flight count; the body of the
         ``with`` runs the request; its outcome is counted exactly once, whatever happens
         (refused, failed, cancelled: ``aborted``). Failures are raised to the transport, which
-        renders and logs them (``runtime.errors.log_error``)."""
+        renders and logs them (``runtime.errors.log_error``). With tracing on, the request is
+        one server span (``route``: its name; ``carrier``: the caller's trace headers)."""
+        tracing = self.tracing
+        span = tracing.start(protocol, route, carrier) if tracing is not None else None
         record = Call(protocol, self.label(model), _labels=self.label)
         protocol_token = current_protocol.set(protocol)
         model_token = current_model.set(record.model)
@@ -217,3 +223,5 @@ class Pipeline:
             current_model.reset(model_token)
             current_call.reset(call_token)
             count_request(record.model, record.protocol, record.outcome or "server_error")
+            if tracing is not None and span is not None:
+                tracing.end(span, record.model, record.outcome or "server_error")

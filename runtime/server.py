@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from runtime import tracing
 from runtime.admission import Admission
 from runtime.auth import ApiKey, ApiKeyError
 from runtime.engine.base import Engine
@@ -224,7 +225,8 @@ def build_pipeline(settings: RuntimeSettings, lifecycle: Lifecycle,
                     served_names=[settings.model_name, *settings.served_model_aliases],
                     protect_metrics=settings.protect_metrics,
                     operator_routes=settings.enable_operator_routes,
-                    max_adapters=settings.max_adapters, vllm_serve=settings.vllm_serve)
+                    max_adapters=settings.max_adapters, vllm_serve=settings.vllm_serve,
+                    tracing=tracing.start(settings.otlp_traces_endpoint))
 
 
 def build_models(registry: Any, engine: Engine, lifecycle: Lifecycle, pipeline: Pipeline,

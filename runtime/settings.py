@@ -111,6 +111,11 @@ class RuntimeSettings(BaseModel):
         default=False, json_schema_extra={"optional_value": True},
         description="reload the certificate and key when their files change (vLLM's "
                     "--enable-ssl-refresh): new connections get the new certificate")
+    otlp_traces_endpoint: str | None = Field(
+        default=None, json_schema_extra=NOT_A_FLAG,
+        description="vLLM's --otlp-traces-endpoint (an engine argument, passed to vLLM "
+                    "unchanged), read by the runtime too: a server span per inference "
+                    "request, exported there, with vLLM's llm_request span as its child.")
     vllm_serve: bool = Field(
         default=False, json_schema_extra=NOT_A_FLAG,
         description="Started as `python -m runtime serve` (the `vllm serve` contract): "

@@ -20,6 +20,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from runtime import tracing
 from runtime.admission import Admission
 from runtime.metrics import current_model, current_protocol, record_engine_request
 
@@ -74,15 +75,23 @@ class InstrumentedEngineClient:
         # The protocol label is read now, in the request's context: the stream may be
         # iterated later, from the response-writing task.
         lora = kwargs.get("lora_request")
+        # With tracing on, vLLM's llm_request span is a child of the runtime's span of this
+        # request (not of the caller's: vLLM's serving code passes the raw request's headers,
+        # and none for v2, generate and gRPC).
+        span = tracing.current.get()
+        if span is not None:
+            kwargs["trace_headers"] = span.engine_request()
         return self._measured(
             self._client.generate(prompt, sampling_params, request_id, **kwargs),
             current_protocol.get(),
             getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA,
             current_model.get() or (lora.lora_name if lora is not None else self._model_name),
+            span,
         )
 
     async def _measured(self, outputs: AsyncIterator[Any], protocol: str,
-                        delta: bool, model: str) -> AsyncIterator[Any]:
+                        delta: bool, model: str,
+                        span: tracing.RequestSpan | None = None) -> AsyncIterator[Any]:
         prompt_tokens = generated = 0
         last = None
         self._admission.engine_started()
@@ -105,6 +114,8 @@ class InstrumentedEngineClient:
                         stats.num_generation_tokens - 1)
             record_engine_request(model, protocol, prompt_tokens=prompt_tokens,
                                   generation_tokens=generated, ttft=ttft, tpot=tpot)
+            if span is not None:
+                span.engine_finished(prompt_tokens, generated)
             close = getattr(outputs, "aclose", None)
             if close is not None:
                 await close()  # aborts the engine request if the consumer stopped early

@@ -44,6 +44,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _trace_headers(scope: Scope) -> dict[str, str]:
+    """The caller's W3C trace context headers (``traceparent``, ``tracestate``)."""
+    out = {}
+    for name in (b"traceparent", b"tracestate"):
+        value = _header(scope, name)
+        if value is not None:
+            out[name.decode()] = value.decode("latin-1")
+    return out
+
+
 class RequestIds:
     """The outermost ASGI layer: the request's id (the client's ``x-request-id`` or a new one)
     for everything that logs while it is served.
@@ -160,7 +170,10 @@ class Gate:
             assert route.protocol is not None
             with self.pipeline.request(route.protocol, route.model,
                                        authorization=_header(scope, b"authorization"),
-                                       checks=lambda: self._size_check(scope)) as call:
+                                       checks=lambda: self._size_check(scope),
+                                       route=route.endpoint or scope["path"],
+                                       carrier=_trace_headers(scope)
+                                       if self.pipeline.tracing is not None else None) as call:
                 scope.setdefault("state", {})["call"] = call
                 status = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
                 call.outcome = call.outcome or ("aborted" if status is None

@@ -146,7 +146,8 @@ class PipelineInterceptor(aio.ServerInterceptor):
             pipeline.authenticate(metadata.get("authorization"))
             return await inner(request, context)
         with pipeline.request(routes.V2_GRPC, _model_of(request) or pipeline.default_model,
-                              authorization=metadata.get("authorization")) as record:
+                              authorization=metadata.get("authorization"), route=rpc,
+                              carrier=metadata) as record:
             try:
                 response = await inner(request, context)
             except ServingError:
@@ -230,7 +231,8 @@ class StreamInfer:
         try:
             async for request in requests:
                 crowded = len(tasks) >= self.max_requests
-                task = asyncio.ensure_future(self._one(request, write, authorization, crowded))
+                task = asyncio.ensure_future(
+                    self._one(request, write, authorization, crowded, metadata))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:  # the client closed its side: finish what it asked for
@@ -242,7 +244,8 @@ class StreamInfer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, request: Any, write: Callable[[bytes], Awaitable[None]],
-                   authorization: str | None, crowded: bool = False) -> None:
+                   authorization: str | None, crowded: bool = False,
+                   metadata: dict[str, str] | None = None) -> None:
         """One request of the stream, through the pipeline's sequence. The key is checked
         for every request, so a stream opened before the key was rotated stops being served
         once the old key is no longer accepted. ``crowded``: the stream already has its
@@ -257,7 +260,8 @@ class StreamInfer:
         try:
             with self.pipeline.request(routes.V2_GRPC,
                                        request.model_name or self.pipeline.default_model,
-                                       authorization=authorization, checks=room) as record:
+                                       authorization=authorization, checks=room,
+                                       route="ModelStreamInfer", carrier=metadata) as record:
                 wrote = False
                 try:
                     served = self.data_plane.get_model_from_registry(

@@ -1,0 +1,85 @@
+"""Real process: ``--otlp-traces-endpoint`` gives one tree per request, the runtime's span
+with vLLM's ``llm_request`` span as its child, in the caller's trace, on every protocol.
+
+Why a server of its own: tracing is set when the engine starts (vLLM installs its tracer then).
+One engine start; the spans go to a real OTLP/gRPC receiver in this process
+(tests/support/otlp.py), where both the runtime and vLLM export them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+from tests.runtime.conftest import v2_body
+from tests.runtime.test_triton_pipeline import infer_request
+from tests.support.otlp import Receiver
+from tests.support.server import ServerProcess, start_runtime
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def traced(receiver: Receiver) -> Iterator[ServerProcess]:
+    server = start_runtime(extra=[f"--otlp-traces-endpoint={receiver.endpoint}"],
+                           name="traced")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
+    headers = {"traceparent": traceparent}
+    if kind == "grpc":
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString)
+            infer(infer_request("The capital of France is", stream=False, max_tokens=4),
+                  metadata=tuple(headers.items()), timeout=120)
+        return
+    path, body = {
+        "openai": ("/openai/v1/completions",
+                   {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 4}),
+        "v2": ("/v2/models/smollm2/infer", v2_body(["The capital of France is"], max_tokens=4)),
+        "generate": ("/v2/models/smollm2/generate",
+                     {"text_input": "The capital of France is", "parameters": {"max_tokens": 4}}),
+    }[kind]
+    r = httpx.post(server.url + path, json=body, headers=headers, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("kind, name", [
+    ("openai", "openai completion"), ("v2", "v2-rest infer"),
+    ("generate", "v2-generate generate"), ("grpc", "v2-grpc ModelInfer")])
+def test_the_runtimes_span_is_the_parent_of_vllms(traced: ServerProcess, receiver: Receiver,
+                                                  kind: str, name: str) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    _send(traced, kind, f"00-{trace_id}-{parent}-01")
+    spans = receiver.wait_for(trace_id, {name, "llm_request"}, timeout=30)
+    by_name: dict[str, list[Any]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    assert set(by_name) == {name, "llm_request"}, spans
+    [ours], [vllms] = by_name[name], by_name["llm_request"]
+    assert ours.parent_span_id == parent  # the caller's trace, continued
+    assert vllms.parent_span_id == ours.span_id  # vLLM's span is the runtime's child
+    assert ours.attributes["kserve.outcome"] == "success"
+    assert ours.attributes["gen_ai.request.model"] == "smollm2"
+    assert ours.attributes["gen_ai.usage.completion_tokens"] == 4
+    assert ours.attributes["gen_ai.usage.prompt_tokens"] > 0
+    assert ours.attributes["kserve.time_to_engine_s"] >= 0
