@@ -2,14 +2,17 @@
 with vLLM's ``llm_request`` span as its child, in the caller's trace, on every protocol.
 
 Why a server of its own: tracing is set when the engine starts (vLLM installs its tracer then).
-One engine start; the spans go to a real OTLP/gRPC receiver in this process
+One engine start (with a LoRA adapter, ``a1``, whose requests are traced under its name);
+the spans go to a real OTLP/gRPC receiver in this process
 (tests/support/otlp.py), where both the runtime and vLLM export them.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,9 +35,12 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def traced(receiver: Receiver) -> Iterator[ServerProcess]:
-    server = start_runtime(extra=[f"--otlp-traces-endpoint={receiver.endpoint}"],
-                           name="traced")
+def traced(receiver: Receiver, model_dir: str,
+           lora_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+    lora = json.dumps({"name": "a1", "path": str(lora_adapters["attn-a"])})
+    server = start_runtime(model_dir=model_dir, name="traced", extra=[
+        f"--otlp-traces-endpoint={receiver.endpoint}", "--enable-lora", "--max-lora-rank=8",
+        "--lora-modules", lora])
     try:
         yield server
     finally:
@@ -43,6 +49,17 @@ def traced(receiver: Receiver) -> Iterator[ServerProcess]:
 
 def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
     headers = {"traceparent": traceparent}
+    if kind == "stream":
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stream = channel.stream_stream(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=lambda b: b)
+            answers = list(stream(iter([infer_request("The capital of France is",
+                                                      max_tokens=4)]),
+                                  metadata=tuple(headers.items()), timeout=120))
+            assert answers
+        return
     if kind == "grpc":
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             infer = channel.unary_unary(
@@ -55,6 +72,8 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
     path, body = {
         "openai": ("/openai/v1/completions",
                    {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 4}),
+        "adapter": ("/openai/v1/completions",
+                    {"model": "a1", "prompt": "The capital of France is", "max_tokens": 4}),
         "v2": ("/v2/models/smollm2/infer", v2_body(["The capital of France is"], max_tokens=4)),
         "generate": ("/v2/models/smollm2/generate",
                      {"text_input": "The capital of France is", "parameters": {"max_tokens": 4}}),
@@ -64,8 +83,9 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
 
 
 @pytest.mark.parametrize("kind, name", [
-    ("openai", "openai completion"), ("v2", "v2-rest infer"),
-    ("generate", "v2-generate generate"), ("grpc", "v2-grpc ModelInfer")])
+    ("openai", "openai completion"), ("adapter", "openai completion"), ("v2", "v2-rest infer"),
+    ("generate", "v2-generate generate"), ("grpc", "v2-grpc ModelInfer"),
+    ("stream", "v2-grpc ModelStreamInfer")])
 def test_the_runtimes_span_is_the_parent_of_vllms(traced: ServerProcess, receiver: Receiver,
                                                   kind: str, name: str) -> None:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
@@ -79,7 +99,7 @@ def test_the_runtimes_span_is_the_parent_of_vllms(traced: ServerProcess, receive
     assert ours.parent_span_id == parent  # the caller's trace, continued
     assert vllms.parent_span_id == ours.span_id  # vLLM's span is the runtime's child
     assert ours.attributes["kserve.outcome"] == "success"
-    assert ours.attributes["gen_ai.request.model"] == "smollm2"
+    assert ours.attributes["gen_ai.request.model"] == ("a1" if kind == "adapter" else "smollm2")
     assert ours.attributes["gen_ai.usage.completion_tokens"] == 4
     assert ours.attributes["gen_ai.usage.prompt_tokens"] > 0
     assert ours.attributes["kserve.time_to_engine_s"] >= 0
