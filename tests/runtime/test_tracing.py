@@ -278,6 +278,11 @@ def test_the_endpoint_is_vllms_flag_read_by_the_runtime_too() -> None:
         assert settings.otlp_traces_endpoint == "grpc://c:4317"
         assert settings.engine_argv == [*argv, "--collect-detailed-traces", "all"]  # vLLM's too
     assert cli.parse(["--model_dir", "m"]).otlp_traces_endpoint is None
+    from runtime import serve_cli  # the `vllm serve` contract: the same flag, the same meaning
+
+    settings = serve_cli.parse(["m", "--otlp-traces-endpoint", "grpc://c:4317"])
+    assert settings.otlp_traces_endpoint == "grpc://c:4317"
+    assert "--otlp-traces-endpoint" in settings.engine_argv
 
 
 def test_the_exporter_is_vllms(monkeypatch: pytest.MonkeyPatch) -> None:
