@@ -24,11 +24,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from runtime.engine.base import Delta
-from runtime.errors import EngineUnavailableError, ServerError
+from runtime.errors import EngineUnavailableError, ServerError, ServingError, from_status
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,17 @@ class ObjectStreamingCompletion(OpenAIServingCompletion):
         except EngineDeadError:  # its text is the engine's internals: logged, not sent
             logger.error("engine died during request %s", request_id)
             raise EngineUnavailableError("engine died") from None
+        except ServingError:
+            raise
+        except Exception as exc:
+            # What vLLM's own stream formatter reports in-band (its create_error_response's
+            # mapping: validation errors, e.g. an empty prompt, are 400s found only once the
+            # engine has the request); a server fault's text stays in the log.
+            error = create_error_response(exc).error
+            if int(error.code) >= 500:
+                logger.error("request %s failed: %r", request_id, exc)
+                raise ServerError("internal error during generation") from exc
+            raise from_status(int(error.code), error.message) from None
         finally:
             close = getattr(result_generator, "aclose", None)
             if close is not None:

@@ -120,3 +120,32 @@ def test_closing_early_closes_the_engine_stream() -> None:
 
     assert asyncio.run(first_then_close()).text == "0"
     assert source.closed == [True]  # the engine request is aborted
+
+
+@pytest.mark.parametrize("raised,expected,status", [
+    ("validation", "The decoder prompt cannot be empty", 400),  # found once the engine has it
+    ("fault", "internal error during generation", 500),  # its text stays in the log
+])
+def test_engine_errors_are_mapped_as_vllms_stream_did(raised: str, expected: str,
+                                                      status: int) -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    from runtime.errors import ServingError
+
+    class Failing(Source):
+        async def gen(self) -> AsyncIterator[tuple[int, Result]]:
+            if raised == "validation":
+                raise VLLMValidationError("The decoder prompt cannot be empty")
+            raise RuntimeError("secret internals")
+            yield  # an async generator
+
+    view = object.__new__(ObjectStreamingCompletion)
+
+    async def first() -> Any:
+        gen = view.completion_stream_generator(Request(), [], Failing([]).gen(), "r", 0, "m",
+                                               1, None, None)
+        return await anext(gen)
+
+    with pytest.raises(ServingError) as info:
+        asyncio.run(first())
+    assert (str(info.value), info.value.http_status) == (expected, status)
