@@ -159,6 +159,36 @@ def test_v2_infer_and_the_runtimes_limits_on_the_same_port(served: Served) -> No
     assert r.status_code == 400 and "--max_n" in r.json()["error"]["message"], r.text
 
 
+def test_responses_and_messages_as_vllm_serve(served: Served) -> None:
+    """The Responses and Messages APIs `vllm serve` answers, here too (issue 23): with vLLM's
+    --api-key as a Bearer token (the anthropic SDK's auth_token), under the second served name
+    and the adapter's, counted under that name, errors in each API's shape."""
+    import anthropic
+
+    r = served.openai().responses.create(model=NAMES[1], input=QUESTION, temperature=0,
+                                         max_output_tokens=20)
+    assert "Paris" in r.output_text
+    claude = anthropic.Anthropic(base_url=f"https://127.0.0.1:{served.port}", auth_token=KEY,
+                                 http_client=anthropic.DefaultHttpxClient(
+                                     verify=str(served.cert)))  # the SDK's own httpx2
+    before = labelled_sum(served.client.get("/metrics").text, "kserve_llm_requests_total",
+                          model="a1", protocol="anthropic")
+    m = claude.messages.create(model="a1", max_tokens=16,
+                               messages=[{"role": "user", "content": QUESTION}])
+    assert m.content[0].text and m.model in ("a1", NAMES[0])
+    assert labelled_sum(served.client.get("/metrics").text, "kserve_llm_requests_total",
+                        model="a1", protocol="anthropic") == before + 1
+    assert claude.messages.count_tokens(model=NAMES[0], messages=[
+        {"role": "user", "content": QUESTION}]).input_tokens > 0
+    r = httpx.post(f"https://127.0.0.1:{served.port}/v1/messages", verify=str(served.cert),
+                   json={"model": NAMES[0], "max_tokens": 5,
+                         "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    r = served.client.post("/v1/rerank", json={"model": NAMES[0], "query": "a",
+                                               "documents": ["b"]})
+    assert r.status_code == 404 and "Rerank" in r.text
+
+
 def test_sigterm_drains_as_the_runtime_does(served: Served) -> None:
     """Last in this module: it stops the module's server. SIGTERM: /health 503 at once, new
     requests 503 + Retry-After, the stream in flight finishes, then the process exits."""
@@ -194,33 +224,3 @@ def test_sigterm_drains_as_the_runtime_does(served: Served) -> None:
     assert not any("error" in e for e in events)
     served.server.proc.wait(timeout=60)  # exits once nothing is in flight
     client.close()
-
-
-def test_responses_and_messages_as_vllm_serve(served: Served) -> None:
-    """The Responses and Messages APIs `vllm serve` answers, here too (issue 23): with vLLM's
-    --api-key as a Bearer token (the anthropic SDK's auth_token), under the second served name
-    and the adapter's, counted under that name, errors in each API's shape."""
-    import anthropic
-
-    r = served.openai().responses.create(model=NAMES[1], input=QUESTION, temperature=0,
-                                         max_output_tokens=20)
-    assert "Paris" in r.output_text
-    claude = anthropic.Anthropic(base_url=f"https://127.0.0.1:{served.port}", auth_token=KEY,
-                                 http_client=anthropic.DefaultHttpxClient(
-                                     verify=str(served.cert)))  # the SDK's own httpx2
-    before = labelled_sum(served.client.get("/metrics").text, "kserve_llm_requests_total",
-                          model="a1", protocol="anthropic")
-    m = claude.messages.create(model="a1", max_tokens=16,
-                               messages=[{"role": "user", "content": QUESTION}])
-    assert m.content[0].text and m.model in ("a1", NAMES[0])
-    assert labelled_sum(served.client.get("/metrics").text, "kserve_llm_requests_total",
-                        model="a1", protocol="anthropic") == before + 1
-    assert claude.messages.count_tokens(model=NAMES[0], messages=[
-        {"role": "user", "content": QUESTION}]).input_tokens > 0
-    r = httpx.post(f"https://127.0.0.1:{served.port}/v1/messages", verify=str(served.cert),
-                   json={"model": NAMES[0], "max_tokens": 5,
-                         "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    r = served.client.post("/v1/rerank", json={"model": NAMES[0], "query": "a",
-                                               "documents": ["b"]})
-    assert r.status_code == 404 and "Rerank" in r.text
