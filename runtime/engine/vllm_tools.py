@@ -67,7 +67,11 @@ def verify(request: Any, engine_client: Any) -> None:
     processor = engine_client.input_processor
     for_backend(request, getattr(processor.structured_outputs_config, "backend", "auto"))
     extract = getattr(request, "extract_structured_outputs", None)
-    constraint = extract() if extract is not None else None
+    try:  # vLLM builds the constraint here, and refuses some shapes only now (a json_schema
+        # response_format with a name and no schema): a client's 400, not a server fault
+        constraint = extract() if extract is not None else None
+    except (VLLMValidationError, ValueError, TypeError) as exc:
+        raise ClientError(str(exc)) from None
     if constraint is None:
         return
     params = SamplingParams(structured_outputs=dataclasses.replace(constraint))

@@ -204,3 +204,21 @@ def test_guidance_backend_gets_the_bounded_schema_without_whitespace() -> None:
     assert schema["maxItems"] == 2 and schema["x-guidance"]["whitespace_flexible"] is False
     grammar = serialize_guidance_grammar(StructuredOutputOptions.JSON, json.dumps(schema))
     assert llguidance.LLMatcher.validate_grammar(grammar) == ""
+
+
+def test_a_constraint_vllm_refuses_only_when_built_is_a_client_error() -> None:
+    """A json_schema response_format with a name and no schema passes vLLM's request model
+    and fails only when vLLM builds the constraint: a 400 (the fuzzer found it as a 500)."""
+    import types
+
+    from runtime.engine import vllm_openai
+    from runtime.errors import ClientError
+
+    request = vllm_openai.parse("completion", {
+        "model": "m", "prompt": "hi",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})
+    processor = types.SimpleNamespace(
+        structured_outputs_config=types.SimpleNamespace(backend="auto"))
+    with pytest.raises(ClientError) as info:
+        vllm_tools.verify(request, types.SimpleNamespace(input_processor=processor))
+    assert "structured outputs constraint" in str(info.value)
