@@ -74,6 +74,15 @@ class Call:
     details: dict[str, str] = field(default_factory=dict)
     _labels: Callable[[str | None], str] | None = None
     admitted: int = 0  # engine requests admitted for it (released when it ends)
+    counted: bool = False
+
+    def count(self) -> None:
+        """Count the request's outcome, once. The HTTP gate counts just before the last byte
+        of the answer is sent, so a client that reads the metrics after its answer finds
+        its request counted; every other path is counted when its sequence ends."""
+        if not self.counted:
+            self.counted = True
+            count_request(self.model, self.protocol, self.outcome or "server_error")
 
     def name(self, model: str | None) -> None:
         """The model the request turned out to name (OpenAI: in the body): its count and its
@@ -222,6 +231,6 @@ class Pipeline:
             current_protocol.reset(protocol_token)
             current_model.reset(model_token)
             current_call.reset(call_token)
-            count_request(record.model, record.protocol, record.outcome or "server_error")
+            record.count()
             if tracing is not None and span is not None:
                 tracing.end(span, record.model, record.outcome or "server_error")

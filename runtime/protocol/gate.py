@@ -24,7 +24,7 @@ from runtime.errors import (
     log_error,
 )
 from runtime.logs import new_request_id, request_id
-from runtime.pipeline import Pipeline, outcome_of
+from runtime.pipeline import Call, Pipeline, outcome_of
 from runtime.protocol.http_errors import render
 from runtime.routes import Kind
 
@@ -141,12 +141,19 @@ class Gate:
                       route: routes.Route) -> None:
         rid = request_id.get().encode()
         started = False
+        call: Call | None = None
+        status = 500
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = int(message["status"])
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
+            elif (call is not None and message["type"] == "http.response.body"
+                  and not message.get("more_body", False)):
+                call.outcome = call.outcome or outcome_of(status)
+                call.count()  # before the client can have its answer (and read /metrics)
             await send(message)
 
         where = f"{scope.get('method')} {scope['path']}"
@@ -175,9 +182,9 @@ class Gate:
                                        carrier=_trace_headers(scope)
                                        if self.pipeline.tracing is not None else None) as call:
                 scope.setdefault("state", {})["call"] = call
-                status = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
-                call.outcome = call.outcome or ("aborted" if status is None
-                                                else outcome_of(status))
+                final = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
+                call.outcome = call.outcome or ("aborted" if final is None
+                                                else outcome_of(final))
         except ServingError as exc:  # refused by the pipeline, or a chunked body too large
             if started:  # the status is sent: the failure can only be logged (and counted)
                 log_error(exc, where)

@@ -285,3 +285,35 @@ def test_a_fault_mid_stream_is_an_error_event_without_its_text() -> None:
     assert events[-1] == {"error": "internal error: RuntimeError"}, events
     assert "secret" not in r.text
     assert requests_total(protocol="v2-generate", outcome="server_error") - before == 1
+
+
+@pytest.mark.parametrize("path,body", INFERENCE)
+def test_a_request_is_counted_before_its_last_byte_is_sent(path: str, body: Any) -> None:
+    """A client that reads /metrics as soon as it has its answer finds the request counted:
+    the count is taken before the answer's last byte reaches the transport (a CI run saw a
+    count missing when it was taken after)."""
+    assembled = assemble()
+    before = requests_total(model="smollm2")
+    seen_at_last_byte: list[float] = []
+    payload = json.dumps(body).encode()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def transport_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            seen_at_last_byte.append(requests_total(model="smollm2") - before)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(payload)).encode())],
+             "scheme": "http", "server": ("t", 80), "client": ("c", 1)}
+    asyncio.run(assembled.app(scope, receive, transport_send))
+    assert seen_at_last_byte == [1.0]
