@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from tests.runtime.conftest import MODEL, QUESTION, v2_body
 from tests.runtime.test_generate import stream_events
 from tests.support.lora import peft_greedy
 from tests.support.server import ServerProcess
+from tests.support.triton_process import run_client
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +41,8 @@ TOKENS = 16
 STATIC = ("attn-a", "mlp-b")  # started with the server (--lora-modules, both syntaxes)
 DYNAMIC = ("attn-c", "mlp-d")  # loaded at run time
 
-GRPC = textwrap.dedent("""
-    import json, sys
+GRPC = """
+    import json
     import numpy as np
     import tritonclient.grpc as t
     from tritonclient.utils import InferenceServerException
@@ -73,6 +72,7 @@ GRPC = textwrap.dedent("""
                 while True:
                     result, error = got.get(timeout=120)
                     if error is not None:
+                        client.stop_stream()
                         raise error
                     text += result.as_numpy("text_output")[0].decode()
                     final = result.get_response().parameters.get("triton_final_response")
@@ -88,13 +88,12 @@ GRPC = textwrap.dedent("""
                 print(json.dumps({"ok": True}))
         except InferenceServerException as exc:
             print(json.dumps({"error": exc.message(), "status": exc.status()}))
-""")
+"""
 
 
 def grpc(server: ServerProcess, actions: list[dict[str, Any]], key: str = KEY) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", GRPC, f"127.0.0.1:{server.grpc_port}", key,
-                          json.dumps(actions)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_client(GRPC, f"127.0.0.1:{server.grpc_port}", key, json.dumps(actions),
+                     timeout=240)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import textwrap
 
 import grpc
 import pytest
 
 from tests.runtime.conftest import MODEL
+from tests.support.triton_process import run_client
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +105,7 @@ def test_grpc_bad_input(predictor, http, kwargs: dict, code, needle: str) -> Non
     assert_still_serving(http)
 
 
-TRITON_GRPC_SCRIPT = textwrap.dedent("""
+TRITON_GRPC_SCRIPT = """
     import sys
     import numpy as np
     import tritonclient.grpc as g
@@ -127,13 +125,10 @@ TRITON_GRPC_SCRIPT = textwrap.dedent("""
         return r.as_numpy("text_output")[0].decode()
     print("GREEDY-SAME", text(temperature=0.0) == text(temperature=0.0))
     print("SEEDS-DIFFER", text(temperature=1.0, seed=1) != text(temperature=1.0, seed=2))
-""")
+"""
 
 
 def test_tritonclient_grpc(predictor) -> None:
-    out = subprocess.run([sys.executable, "-c", TRITON_GRPC_SCRIPT,
-                          f"127.0.0.1:{predictor.grpc_port}"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = run_client(TRITON_GRPC_SCRIPT, f"127.0.0.1:{predictor.grpc_port}", timeout=120)
     assert "Paris" in out.stdout
     assert "GREEDY-SAME True" in out.stdout and "SEEDS-DIFFER True" in out.stdout, out.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from tests.runtime.conftest import MODEL
+from tests.support import triton_process
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +26,8 @@ SAMPLING = {"temperature": "0", "max_tokens": "12"}  # strings, as Triton client
 ALL_OUTPUTS = {"return_finish_reason": True, "return_cumulative_logprob": True,
                "return_num_input_tokens": True, "return_num_output_tokens": True}
 
-CLIENT = textwrap.dedent("""
-    import json, os, queue, sys
+CLIENT = """
+    import json, queue
     import numpy as np
 
     plan = json.loads(sys.argv[1])
@@ -70,12 +70,6 @@ CLIENT = textwrap.dedent("""
     def emit(obj):
         print(json.dumps(obj), flush=True)
 
-    def done():
-        # Not sys.exit: tritonclient's __del__ closes the gRPC channel at interpreter exit,
-        # which can block forever (seen once: Channel._close waiting after the last answer).
-        sys.stdout.flush()
-        os._exit(0)
-
     if mode in ("http", "infer"):
         client = t.InferenceServerClient(plan["url"])
         for req in plan["requests"]:
@@ -109,17 +103,14 @@ CLIENT = textwrap.dedent("""
                 break
         emit(got)
     client.stop_stream()
-    done()
-""")
+"""
 
 
 def run_client(url: str, mode: str, requests: list[dict[str, Any]],
                headers: dict[str, str] | None = None) -> list[Any]:
     """Run ``CLIENT`` on ``requests``; ``headers`` (e.g. the key) go with every call."""
     plan = json.dumps({"url": url, "mode": mode, "requests": requests, "headers": headers})
-    out = subprocess.run([sys.executable, "-c", CLIENT, plan], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
+    out = triton_process.run_client(CLIENT, plan, timeout=280)
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
@@ -258,7 +249,8 @@ def test_cancelled_stream_aborts_its_engine_request(predictor) -> None:
     plan = json.dumps({"url": grpc_url(predictor), "mode": "cancel", "requests": [
         {"prompt": PROMPT, "inputs": {"stream": True, "sampling_parameters": {
             "max_tokens": 1000, "ignore_eos": True, "temperature": 0}}}]})
-    with subprocess.Popen([sys.executable, "-c", CLIENT, plan], stdin=subprocess.PIPE,
+    with subprocess.Popen([sys.executable, "-c", triton_process.client_code(CLIENT), plan],
+                          env=triton_process.client_env(280), stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
