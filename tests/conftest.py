@@ -27,6 +27,7 @@ import pytest
 
 from deployment.processes import ChildProcess
 from runtime.engine.vllm_ledger import FORBID_ENV, LEDGER_ENV
+from tests.support.otlp import Receiver
 from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
 
 GUARDED_KEY = "s3cret-key"  # the guarded server's key (from a file: ``guarded_key_file``)
@@ -115,15 +116,25 @@ def lora_allowed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def lora_server(model_dir: str, lora_adapters: dict[str, Path],
-                lora_allowed_dir: Path) -> Iterator[ServerProcess]:
+def otlp_receiver() -> Iterator[Receiver]:
+    """A real OTLP/gRPC trace receiver in the test process; ``lora_server`` exports to it."""
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def lora_server(model_dir: str, lora_adapters: dict[str, Path], lora_allowed_dir: Path,
+                otlp_receiver: Receiver) -> Iterator[ServerProcess]:
     """The runtime with LoRA: static adapters ``attn-a`` (``name=path``) and ``mlp-b`` (JSON
     form), loading at run time on (``--max_adapters 3``) from the adapter cache and
     ``lora_allowed_dir``, two adapter slots, key ``LORA_KEY``, operator key
-    ``LORA_OPERATOR_KEY`` (loads, unloads and vLLM's operator routes, which are on).
+    ``LORA_OPERATOR_KEY`` (loads, unloads and vLLM's operator routes, which are on), traces
+    exported to ``otlp_receiver`` (tracing is set when the engine starts, so the traces
+    tests share this server rather than start one more engine).
 
-    Users: ``runtime/test_adapters.py``, ``benchmarks/test_adapters_run.py``; its last test
-    kills its engine (``runtime/test_health.py``)."""
+    Users: ``runtime/test_adapters.py``, ``runtime/test_tracing_served.py``,
+    ``benchmarks/test_adapters_run.py``; its last test kills its engine
+    (``runtime/test_health.py``)."""
     import json
 
     static = ["--lora-modules", f"attn-a={lora_adapters['attn-a']}",
@@ -133,7 +144,7 @@ def lora_server(model_dir: str, lora_adapters: dict[str, Path],
         *static, "--enable_adapter_loading", "true", "--api_key", LORA_KEY,
         "--max_adapters", "3", "--operator_key", LORA_OPERATOR_KEY,
         f"--allowed_adapter_dirs={lora_adapters['attn-c'].parent},{lora_allowed_dir}",
-        "--enable_operator_routes", "true"])
+        "--enable_operator_routes", "true", f"--otlp-traces-endpoint={otlp_receiver.endpoint}"])
     try:
         yield server
     finally:
@@ -287,10 +298,27 @@ def _ledger(path: str | None = None) -> list[str]:
     return Path(path).read_text().splitlines()
 
 
+def _module_seconds(terminalreporter: pytest.TerminalReporter) -> list[tuple[float, str]]:
+    """Seconds spent per test module (setup, call and teardown), the costliest first."""
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                module = report.nodeid.split("::", 1)[0]
+                totals[module] = totals.get(module, 0.0) + report.duration
+    return sorted(((seconds, module) for module, seconds in totals.items()), reverse=True)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The engine-start count: what the suite cost (CI prints it under the durations)."""
+    """What the suite cost, for the next change to see (CI prints it under the durations):
+    the modules that took longest, then the engine-start count."""
     if os.environ.get("TEST_ENGINE_LEDGER_OWNER") != str(os.getpid()):
         return
+    modules = _module_seconds(terminalreporter)
+    if modules:
+        terminalreporter.section(f"time per module ({sum(s for s, _ in modules):.0f} s)")
+        for seconds, module in modules[:15]:
+            terminalreporter.write_line(f"{seconds:8.1f}s {module}")
     lines = _ledger()
     refused = sum("REFUSED" in line for line in lines)
     terminalreporter.section(f"vLLM engine starts: {len(lines) - refused}"

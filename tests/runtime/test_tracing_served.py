@@ -1,18 +1,14 @@
 """Real process: ``--otlp-traces-endpoint`` gives one tree per request, the runtime's span
 with vLLM's ``llm_request`` span as its child, in the caller's trace, on every protocol.
 
-Why a server of its own: tracing is set when the engine starts (vLLM installs its tracer then).
-One engine start (with a LoRA adapter, ``a1``, whose requests are traced under its name);
-the spans go to a real OTLP/gRPC receiver in this process
-(tests/support/otlp.py), where both the runtime and vLLM export them.
+The server is the session's LoRA server (tests/conftest.py), started with its traces exported
+to the session's real OTLP/gRPC receiver in this process (tests/support/otlp.py), where both
+the runtime and vLLM export them; a request to its adapter ``attn-a`` is traced under that name.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,35 +16,19 @@ import httpx
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
+from tests.conftest import LORA_KEY
 from tests.runtime.conftest import v2_body
 from tests.runtime.test_triton_pipeline import infer_request
 from tests.support.otlp import Receiver
-from tests.support.server import ServerProcess, start_runtime
+from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with Receiver() as r:
-        yield r
-
-
-@pytest.fixture(scope="module")
-def traced(receiver: Receiver, model_dir: str,
-           lora_adapters: dict[str, Path]) -> Iterator[ServerProcess]:
-    lora = json.dumps({"name": "a1", "path": str(lora_adapters["attn-a"])})
-    server = start_runtime(model_dir=model_dir, name="traced", extra=[
-        f"--otlp-traces-endpoint={receiver.endpoint}", "--enable-lora", "--max-lora-rank=8",
-        "--lora-modules", lora])
-    try:
-        yield server
-    finally:
-        server.stop()
+ADAPTER = "attn-a"
 
 
 def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
-    headers = {"traceparent": traceparent}
+    headers = {"traceparent": traceparent, "authorization": f"Bearer {LORA_KEY}"}
     if kind == "stream":
         with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stream = channel.stream_stream(
@@ -73,7 +53,7 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
         "openai": ("/openai/v1/completions",
                    {"model": "smollm2", "prompt": "The capital of France is", "max_tokens": 4}),
         "adapter": ("/openai/v1/completions",
-                    {"model": "a1", "prompt": "The capital of France is", "max_tokens": 4}),
+                    {"model": ADAPTER, "prompt": "The capital of France is", "max_tokens": 4}),
         "v2": ("/v2/models/smollm2/infer", v2_body(["The capital of France is"], max_tokens=4)),
         "generate": ("/v2/models/smollm2/generate",
                      {"text_input": "The capital of France is", "parameters": {"max_tokens": 4}}),
@@ -86,11 +66,12 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
     ("openai", "openai completion"), ("adapter", "openai completion"), ("v2", "v2-rest infer"),
     ("generate", "v2-generate generate"), ("grpc", "v2-grpc ModelInfer"),
     ("stream", "v2-grpc ModelStreamInfer")])
-def test_the_runtimes_span_is_the_parent_of_vllms(traced: ServerProcess, receiver: Receiver,
+def test_the_runtimes_span_is_the_parent_of_vllms(lora_server: ServerProcess,
+                                                  otlp_receiver: Receiver,
                                                   kind: str, name: str) -> None:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
-    _send(traced, kind, f"00-{trace_id}-{parent}-01")
-    spans = receiver.wait_for(trace_id, {name, "llm_request"}, timeout=30)
+    _send(lora_server, kind, f"00-{trace_id}-{parent}-01")
+    spans = otlp_receiver.wait_for(trace_id, {name, "llm_request"}, timeout=30)
     by_name: dict[str, list[Any]] = {}
     for span in spans:
         by_name.setdefault(span.name, []).append(span)
@@ -99,7 +80,7 @@ def test_the_runtimes_span_is_the_parent_of_vllms(traced: ServerProcess, receive
     assert ours.parent_span_id == parent  # the caller's trace, continued
     assert vllms.parent_span_id == ours.span_id  # vLLM's span is the runtime's child
     assert ours.attributes["kserve.outcome"] == "success"
-    assert ours.attributes["gen_ai.request.model"] == ("a1" if kind == "adapter" else "smollm2")
+    assert ours.attributes["gen_ai.request.model"] == (ADAPTER if kind == "adapter" else "smollm2")
     assert ours.attributes["gen_ai.usage.completion_tokens"] == 4
     assert ours.attributes["gen_ai.usage.prompt_tokens"] > 0
     assert ours.attributes["kserve.time_to_engine_s"] >= 0
