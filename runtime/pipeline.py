@@ -125,9 +125,19 @@ class Pipeline:
 
     # ---- the steps ----
 
+    def key_accepted(self, authorization: str | bytes | None, *, operator: bool = False
+                     ) -> bool:
+        """Whether ``authorization`` carries the key the action needs (``operator``: the
+        operator key, which must be set): a transport's look before it parses a message
+        (gRPC); the refusal, its status and its count are ``authenticate``'s and
+        ``authorize_operator``'s."""
+        if operator:
+            return self.operator_key.enabled and self.operator_key.accepts(authorization)
+        return self.api_key.accepts(authorization)
+
     def authenticate(self, authorization: str | bytes | None) -> None:
         """Raise ``UnauthorizedError`` unless the Bearer key (if one is set) was sent."""
-        if not self.api_key.accepts(authorization):
+        if not self.key_accepted(authorization):
             raise UnauthorizedError("missing or invalid API key")
 
     def authorize_operator(self, authorization: str | bytes | None) -> None:

@@ -326,7 +326,8 @@ def run(settings: RuntimeSettings) -> None:
         grpc_server = RuntimeGRPCServer(
             settings.grpc_port, server.dataplane, server.model_repository_extension, pipeline,
             max_message_bytes=settings.max_request_bytes, grace_period=settings.grace_period,
-            credentials=credentials)
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_stream_requests=settings.max_stream_requests, credentials=credentials)
         server._grpc_server = grpc_server  # ModelServer.stop() stops it
         server.servers.append(grpc_server.start(settings.max_threads))
 

@@ -100,6 +100,13 @@ class RuntimeSettings(BaseModel):
         default=512, description="engine requests allowed to wait beyond the running batch "
                                  "(admitted ones on their way to the engine included); past "
                                  "it 429 / RESOURCE_EXHAUSTED with Retry-After")
+    max_concurrent_rpcs: int = Field(
+        default=1024, ge=1, description="gRPC RPCs served at once (streams included); beyond "
+                                        "it gRPC refuses with RESOURCE_EXHAUSTED")
+    max_stream_requests: int = Field(
+        default=128, ge=1, description="requests in flight at once on one ModelStreamInfer "
+                                       "stream; beyond it a request gets an in-stream error "
+                                       "(429-like) and the stream stays open")
     drain_timeout: float = Field(
         default=25.0, description="on SIGTERM: readiness turns false, new requests get 503, "
                                   "in-flight requests get this many seconds to finish (fits "

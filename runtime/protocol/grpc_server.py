@@ -39,10 +39,6 @@ from runtime.protocol import triton
 
 logger = logging.getLogger(__name__)
 
-# Bounds on what gRPC clients can start: RPCs at once on the server (beyond: RESOURCE_EXHAUSTED)
-# and requests in flight on one ModelStreamInfer stream (beyond: refused in-band, 429-like).
-MAX_CONCURRENT_RPCS = 1024
-MAX_STREAM_REQUESTS = 128
 HEALTH_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
 INFERENCE_RPCS = frozenset({"ModelInfer"})
 OPERATOR_RPCS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})  # operator key
@@ -78,8 +74,8 @@ class PipelineInterceptor(aio.ServerInterceptor):
         # The key is read from the call's metadata before its message is parsed: a caller
         # without it gets its refusal without the server deserializing up to 8 MiB for it.
         metadata = {m.key: m.value for m in (details.invocation_metadata or ())}
-        refused = rpc not in HEALTH_RPCS and not self._key_accepted(
-            rpc, metadata.get("authorization"))
+        refused = rpc not in HEALTH_RPCS and not self.pipeline.key_accepted(
+            metadata.get("authorization"), operator=rpc in OPERATOR_RPCS)
         deserializer = _unparsed if refused else handler.request_deserializer
 
         async def call(request: Any, context: aio.ServicerContext) -> Any:
@@ -102,14 +98,6 @@ class PipelineInterceptor(aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             call, request_deserializer=deserializer,
             response_serializer=handler.response_serializer)
-
-    def _key_accepted(self, rpc: str, authorization: str | None) -> bool:
-        """Whether the call's key could pass (the operator key for operator RPCs); the
-        refusal itself, with its status and count, is the pipeline's, in ``_run``."""
-        if rpc in OPERATOR_RPCS:
-            key = self.pipeline.operator_key
-            return key.enabled and key.accepts(authorization)
-        return self.pipeline.api_key.accepts(authorization)
 
     def _stream_handler(self, rpc: str, handler: Any) -> Any:
         """The key once per stream (the metadata is the stream's); the per-request steps run
@@ -206,8 +194,7 @@ class StreamInfer:
     written as they come, errors as in-stream ``error_message`` responses, so the stream stays
     usable. A cancelled stream cancels its requests, which aborts their engine requests."""
 
-    def __init__(self, pipeline: Pipeline, data_plane: Any,
-                 max_requests: int = MAX_STREAM_REQUESTS) -> None:
+    def __init__(self, pipeline: Pipeline, data_plane: Any, max_requests: int) -> None:
         self.pipeline = pipeline
         self.data_plane = data_plane
         self.max_requests = max_requests  # in flight at once on one stream
@@ -307,13 +294,14 @@ class RuntimeGRPCServer(GRPCServer):
 
     def __init__(self, port: int, data_plane: Any, repository: Any, pipeline: Pipeline, *,
                  max_message_bytes: int, grace_period: int = 30,
-                 credentials: grpc.ServerCredentials | None = None,
-                 max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> None:
+                 max_concurrent_rpcs: int, max_stream_requests: int,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         super().__init__(port, data_plane, repository, kwargs={}, grace_period=grace_period)
         self._pipeline = pipeline
         self._max_message_bytes = max_message_bytes
         self._credentials = credentials
-        self._max_concurrent_rpcs = max_concurrent_rpcs
+        self._max_concurrent_rpcs = max_concurrent_rpcs  # --max_concurrent_rpcs
+        self._max_stream_requests = max_stream_requests  # --max_stream_requests
 
     async def start(self, max_workers: int) -> None:
         servicer = RuntimeServicer(self._data_plane, self._model_repository_extension)
@@ -326,7 +314,8 @@ class RuntimeGRPCServer(GRPCServer):
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             servicer, self._server)
         self._server.add_generic_rpc_handlers(
-            (StreamInfer(self._pipeline, self._data_plane).handler(),))
+            (StreamInfer(self._pipeline, self._data_plane,
+                         self._max_stream_requests).handler(),))
         if self._credentials is not None:  # the HTTPS certificate: a key never goes in clear
             self._server.add_secure_port(f"[::]:{self._port}", self._credentials)
         else:

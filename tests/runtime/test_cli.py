@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runtime import cli
@@ -78,7 +80,12 @@ def test_an_empty_key_refuses_to_start(tmp_path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("API_KEY", raising=False)
     if env is not None:
         monkeypatch.setenv("API_KEY", env)
+    assert needle in usage_error(tmp_path, argv, capsys)
+
+
+def usage_error(model_dir: Path, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``python -m runtime`` prints when ``argv`` is refused as a usage error (exit 2)."""
     with pytest.raises(SystemExit) as done:
-        cli.parse(["--model_name=m", f"--model_dir={tmp_path}", *argv])
+        cli.parse(["--model_name=m", f"--model_dir={model_dir}", *argv])
     assert done.value.code == 2
-    assert needle in capsys.readouterr().err
+    return capsys.readouterr().err

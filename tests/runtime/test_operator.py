@@ -28,6 +28,7 @@ from runtime.protocol import triton
 from runtime.repository import OUTSIDE_ALLOWED_DIRS
 from runtime.server import build_pipeline
 from runtime.settings import RuntimeSettings
+from tests.runtime.test_cli import usage_error
 from tests.runtime.test_pipeline import send
 from tests.runtime.test_repository import write_adapter, write_base
 from tests.support.app import Assembled, assemble
@@ -132,10 +133,7 @@ def test_operator_flags_that_cannot_be_honoured_are_usage_errors(
         argv: list[str], env: str | None, needle: str) -> None:
     if env is not None:
         monkeypatch.setenv("OPERATOR_API_KEY", env)
-    with pytest.raises(SystemExit) as done:
-        cli.parse(["--model_name=m", f"--model_dir={tmp_path}", *argv])
-    assert done.value.code == 2
-    assert needle in capsys.readouterr().err
+    assert needle in usage_error(tmp_path, argv, capsys)
 
 
 def test_allowed_adapter_dirs_take_commas_and_repeats(tmp_path: Path) -> None:

@@ -137,7 +137,7 @@ async def _grpc_server(parts: Assembled) -> tuple[Any, int]:
     server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
     grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         RuntimeServicer(data_plane, None), server)
-    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
+    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane, 128).handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port

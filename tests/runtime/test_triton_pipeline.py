@@ -43,7 +43,7 @@ async def _serve(parts: Any) -> tuple[Any, int]:
     model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
     data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
     server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
-    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane).handler(),))
+    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane, 128).handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     return server, port
@@ -122,7 +122,7 @@ def test_stream_needs_the_key() -> None:
     async def without_key() -> None:
         parts = assemble(api_key="sesame")
         server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
-        server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, None).handler(),))
+        server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, None, 128).handler(),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         try:
