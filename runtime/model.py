@@ -9,8 +9,8 @@ interceptor) have already run the pipeline's first steps: key, readiness, model,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 from kserve import Model
 from kserve.protocol.infer_type import InferRequest, InferResponse
@@ -18,7 +18,10 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from runtime.engine.base import Delta, Engine
 from runtime.lifecycle import Lifecycle
 from runtime.pipeline import Pipeline
-from runtime.protocol import v2
+from runtime.protocol import triton, v2
+from runtime.protocol.triton_stream import StreamEncoder
+
+_T = TypeVar("_T")
 
 
 class LLMModel(Model):
@@ -66,15 +69,41 @@ class LLMModel(Model):
         return v2.encode_response(payload, self.name, completions, text)
 
     async def stream_predict(self, payload: InferRequest) -> AsyncIterator[InferResponse]:
-        """gRPC ModelStreamInfer: with ``stream`` true, one response per engine output and a
-        last one marked ``triton_final_response`` carrying the finish reason and counts;
-        otherwise the one answer, marked final. Bad input raises before the first response;
-        closing the iterator (a cancelled stream) aborts the engine request."""
+        """gRPC ModelStreamInfer as KServe responses: with ``stream`` true, one response per
+        engine output and a last one marked ``triton_final_response`` carrying the finish
+        reason and counts; otherwise the one answer, marked final. Bad input raises before the
+        first response; closing the iterator (a cancelled stream) aborts the engine request.
+        ``stream_messages`` writes the same responses as bytes; this is its reference."""
         text = v2.decode_request(payload)
+
+        def piece(delta: Delta, first: bool, final: bool) -> InferResponse:
+            return v2.encode_delta(payload, self.name, delta, text, first=first, final=final)
+
+        async for response in self._responses(payload, text, piece, lambda r: r):
+            yield response
+
+    def stream_messages(self, payload: InferRequest) -> AsyncIterator[bytes]:
+        """``stream_predict``'s responses as Triton's ``ModelStreamInferResponse`` bytes, the
+        streamed pieces written straight from the engine's deltas (``triton_stream``): the
+        per-token path of ModelStreamInfer builds no ``InferResponse``. Bad input raises
+        here, before the iterator exists."""
+        text = v2.decode_request(payload)
+        encoder = StreamEncoder(payload, self.name, text.options, text.prompts[0])
+
+        def whole(response: InferResponse) -> bytes:
+            return triton.stream_response(response.to_grpc().SerializeToString())
+
+        return self._responses(payload, text, encoder.piece, whole)
+
+    async def _responses(self, payload: InferRequest, text: v2.TextRequest,
+                         piece: Callable[[Delta, bool, bool], _T],
+                         whole: Callable[[InferResponse], _T]) -> AsyncIterator[_T]:
+        """The one sequence behind both: ``piece(delta, first, final)`` writes each streamed
+        response, ``whole`` the one answer of a request that does not stream."""
         if not text.options.stream:
             response = await self._complete(payload, text)
             response.parameters = {**(response.parameters or {}), "triton_final_response": True}
-            yield response
+            yield whole(response)
             return
         prepared = self.llm.prepare(text.prompts, text.params, chat=text.chat, stream=True,
                                     limits=self.pipeline.limits, model=self.name)
@@ -85,10 +114,9 @@ class LLMModel(Model):
             first = True
             async for delta in deltas:
                 final = delta.finish_reason is not None or delta.completion_tokens is not None
-                yield v2.encode_delta(payload, self.name, delta, text, first=first, final=final)
+                yield piece(delta, first, final)
                 first = False
         finally:
             await deltas.aclose()
         if not final:  # the engine ended without usage: still tell the client it is over
-            yield v2.encode_delta(payload, self.name, Delta(0, ""), text, first=first,
-                                  final=True)
+            yield piece(Delta(0, ""), first, True)

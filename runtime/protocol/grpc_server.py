@@ -253,8 +253,9 @@ class StreamInfer:
                 try:
                     served = self.data_plane.get_model_from_registry(
                         request.model_name or self.pipeline.default_model)
-                    async for response in served.stream_predict(InferRequest.from_grpc(request)):
-                        await write(triton.stream_response(response.to_grpc().SerializeToString()))
+                    # the messages' bytes, written from the engine's deltas (triton_stream)
+                    async for message in served.stream_messages(InferRequest.from_grpc(request)):
+                        await write(message)
                         wrote = True
                 except Exception as exc:
                     err = as_serving_error(exc)
