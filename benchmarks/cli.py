@@ -72,6 +72,10 @@ def add_load_flags(p: argparse.ArgumentParser) -> None:
     o.add_argument("--out", type=Path, required=True, help="directory for the results")
     o.add_argument("--no-progress", action="store_true")
     o.add_argument("--no-plots", action="store_true")
+    o.add_argument("--scrape-metrics", action="store_true",
+                   help="while each point runs, sample the target's /metrics once a second "
+                   "(waiting and running requests, KV-cache use, the runtime's admitted-waiting "
+                   "gauge): metrics_samples.csv, per-point mean/max, autoscaling_curve.png")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -108,6 +112,7 @@ def plan_from(args: argparse.Namespace) -> RunPlan:
     return RunPlan(apis=args.api, loads=loads, repeats=args.repeats, warmup=args.warmup,
                    seed=args.seed, slos_ms=slos, request_timeout_s=args.request_timeout,
                    cooldown_s=args.cooldown,
+                   scrape_metrics=getattr(args, "scrape_metrics", False),
                    sampling=Sampling(temperature=args.temperature,
                                      ignore_eos=not args.no_ignore_eos))
 
@@ -162,7 +167,8 @@ def config_dict(args: argparse.Namespace, plan: RunPlan) -> dict[str, Any]:
             "temperature": plan.sampling.temperature, "ignore_eos": plan.sampling.ignore_eos,
             "burstiness": args.burstiness, "goodput_slos_ms": plan.slos_ms,
             "cooldown_s": plan.cooldown_s, "models": getattr(args, "models", None),
-            "model_order": getattr(args, "model_order", None)}
+            "model_order": getattr(args, "model_order", None),
+            "scrape_metrics": plan.scrape_metrics}
 
 
 def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str,
@@ -184,7 +190,8 @@ def execute(args: argparse.Namespace, targets: list[Target], tokenizer_path: str
         "warmup": result.warmup, "points": result.points, **(extra or {}),
     }
     doc["environment"]["loadavg_end"] = list(os.getloadavg())
-    write_all(args.out, doc, result.records, result.origin)
+    write_all(args.out, doc, result.records, result.origin,
+              result.metrics_samples if plan.scrape_metrics else None)
     if not args.no_plots:
         from benchmarks.plots import write_plots
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.records import RequestRecord
 
-PERCENTILES: tuple[int, ...] = (90, 99)
+PERCENTILES: tuple[int, ...] = (90, 95, 99)
 LATENCIES: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")
 
 

@@ -1,8 +1,11 @@
-"""PNG plots of a run: latency against throughput, TTFT/ITL CDFs, overhead against load.
+"""PNG plots of a run: latency against throughput, TTFT/ITL CDFs, overhead against load, and
+(``--scrape-metrics`` with ``--request-rate``) the server's scaling signals against offered load.
 
-Why these three: latency-vs-throughput curves show where each server saturates; CDFs show
+Why these: latency-vs-throughput curves show where each server saturates; CDFs show
 whether an overhead is a constant shift or a tail; the ratio plot is the overhead claim
-itself, with the goal lines (throughput 0.98, TTFT 1.05) drawn in.
+itself, with the goal lines (throughput 0.98, TTFT 1.05) drawn in; the autoscaling curve puts
+the gauges an autoscaler reads above the latency users see, at the same offered rates, which
+is what choosing a threshold needs.
 """
 
 from __future__ import annotations
@@ -109,6 +112,73 @@ def overhead(comparison: Sequence[dict[str, Any]], target: str, baseline: str,
     plt.close(fig)
 
 
+def _curve(points: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(rates, mean of ``key`` over repeats) for points that have ``key``; None skipped."""
+    acc: dict[float, list[float]] = defaultdict(list)
+    for p in points:
+        if p.get(key) is not None:
+            acc[p["load"]].append(p[key])
+    rates = sorted(acc)
+    return rates, [float(np.mean(acc[r])) for r in rates]
+
+
+def autoscaling_curve(points: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Top: mean and max waiting requests (vLLM's and the runtime's admitted-waiting) and mean
+    KV-cache use; bottom: TTFT p50/p95 and TPOT p50; x = offered request rate. One set of
+    lines per target and API; open-loop points with sampled metrics only. False: none."""
+    sel = [p for p in points if p.get("load_kind") == "rate" and p.get("metrics_samples")]
+    if not sel:
+        return False
+    groups = sorted({(p["target"], p["api"]) for p in sel})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
+    kv_ax = top.twinx()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for gi, (target, api) in enumerate(groups):
+        mine = [p for p in sel if p["target"] == target and p["api"] == api]
+        name = target if len(groups) == 1 or len({g[1] for g in groups}) == 1 \
+            else f"{target} {api}"
+        c0, c1 = colors[(2 * gi) % len(colors)], colors[(2 * gi + 1) % len(colors)]
+        for key, label, color, style in (
+                ("waiting_mean", "waiting mean", c0, "-"),
+                ("waiting_max", "waiting max", c0, "--"),
+                ("admitted_waiting_mean", "admitted waiting mean", c1, "-"),
+                ("admitted_waiting_max", "admitted waiting max", c1, "--")):
+            xs, ys = _curve(mine, key)
+            if xs:
+                top.plot(xs, ys, ls=style, color=color, marker="o", label=f"{name}: {label}")
+        xs, ys = _curve(mine, "kv_cache_mean")
+        if xs:
+            kv_ax.plot(xs, [100 * y for y in ys], ls=":", color=c0, marker="s",
+                       label=f"{name}: KV-cache use mean")
+        for key, label, style in (("median_ttft_ms", "TTFT p50", "-"),
+                                  ("p95_ttft_ms", "TTFT p95", "--"),
+                                  ("median_tpot_ms", "TPOT p50", ":")):
+            xs, ys = _curve(mine, key)
+            if xs:
+                bottom.plot(xs, ys, ls=style, color=c0, marker="o", label=f"{name}: {label}")
+    top.set_ylabel("requests (mean over samples / max)")
+    kv_ax.set_ylabel("KV-cache use (%)")
+    kv_ax.set_ylim(bottom=0)
+    top.set_title("server signals against offered load (sampled /metrics, ~1 s)")
+    handles, labels = top.get_legend_handles_labels()
+    kv_h, kv_l = kv_ax.get_legend_handles_labels()
+    top.legend(handles + kv_h, labels + kv_l, fontsize=7, loc="upper left")
+    bottom.set_ylabel("latency (ms, log)")
+    bottom.set_yscale("log")
+    bottom.set_xlabel("offered request rate (req/s)")
+    bottom.set_title("latency the client measured")
+    bottom.legend(fontsize=7, loc="upper left")
+    rates = sorted({float(p["load"]) for p in sel})
+    for ax in (top, bottom):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(rates, [f"{r:g}" for r in rates])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_plots(out: Path, run: dict[str, Any], records: Sequence[RequestRecord]) -> list[str]:
     """All plots of a run into ``out``; returns the file names written."""
     written = []
@@ -120,4 +190,6 @@ def write_plots(out: Path, run: dict[str, Any], records: Sequence[RequestRecord]
         overhead(run["comparison"], run["target"], run["baseline"], out / "overhead_ratio.png",
                  run.get("plot_goals") or (0.98, 1.05))
         written.append("overhead_ratio.png")
+    if autoscaling_curve(run["points"], out / "autoscaling_curve.png"):
+        written.append("autoscaling_curve.png")
     return written

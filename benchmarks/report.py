@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks.compare import compare_points, comparison_markdown
 from benchmarks.records import RequestRecord
+from benchmarks.scrape import POINT_COLUMNS, metrics_markdown, write_samples
 
 CSV_COLUMNS = (
     "target", "api", "api_sent", "point", "load_kind", "load", "repeat", "requests", "completed",
@@ -31,7 +32,7 @@ CSV_COLUMNS = (
     "mean_itl_ms", "median_itl_ms", "p90_itl_ms", "p99_itl_ms",
     "mean_e2el_ms", "median_e2el_ms", "p90_e2el_ms", "p99_e2el_ms",
     "valid", "invalid_reasons", "client_cpu_fraction", "dispatch_lag_p99_ms", "loop_lag_p99_ms",
-    "achieved_rate",
+    "achieved_rate", "p95_ttft_ms", *POINT_COLUMNS,
 )
 
 
@@ -137,6 +138,11 @@ def summary_markdown(run: dict[str, Any]) -> str:
                 "paired repeats.", "",
                 comparison_markdown(run["comparison"], run["target"], run["baseline"])]
     out += ["## Every point", "", points_markdown(run["points"])]
+    if any("metrics_samples" in p for p in run["points"]):
+        out += ["## Server metrics while each point ran (`--scrape-metrics`)", "",
+                "Sampled from the target's `/metrics` about once a second; each series summed "
+                "over its label sets; `-`: the server does not export it.", "",
+                metrics_markdown(run["points"])]
     failed = [p for p in run["points"] if p["failed"]]
     if failed:
         out += ["## Failed requests", ""]
@@ -147,8 +153,9 @@ def summary_markdown(run: dict[str, Any]) -> str:
 
 
 def write_all(out: Path, run: dict[str, Any], records: Sequence[RequestRecord],
-              origin: float) -> None:
-    """Write run.json, requests.jsonl, summary.csv and summary.md into ``out``."""
+              origin: float, samples: Sequence[dict[str, Any]] | None = None) -> None:
+    """Write run.json, requests.jsonl, summary.csv and summary.md into ``out``, and
+    metrics_samples.csv when ``samples`` is given (``--scrape-metrics``)."""
     out.mkdir(parents=True, exist_ok=True)
     if run.get("baseline") and run.get("target"):
         run["comparison"] = compare_points(run["points"], run["target"], run["baseline"])
@@ -156,3 +163,5 @@ def write_all(out: Path, run: dict[str, Any], records: Sequence[RequestRecord],
     write_requests(out / "requests.jsonl", records, origin)
     write_csv(out / "summary.csv", run["points"])
     (out / "summary.md").write_text(summary_markdown(run))
+    if samples is not None:
+        write_samples(out / "metrics_samples.csv", samples)

@@ -21,6 +21,7 @@ from benchmarks.clients import SENDERS, Sampling, Target
 from benchmarks.load import Load, PointResult, run_point, self_check
 from benchmarks.metrics import point_metrics
 from benchmarks.records import RequestRecord
+from benchmarks.scrape import PointScraper
 from benchmarks.workload import Prompt, count_tokens
 
 
@@ -37,6 +38,8 @@ class RunPlan:
     slos_ms: dict[str, float] = field(default_factory=dict)
     request_timeout_s: float = 600.0
     cooldown_s: float = 2.0
+    scrape_metrics: bool = False  # sample each target's /metrics while its points run
+    scrape_interval_s: float = 1.0
 
 
 @dataclass
@@ -47,6 +50,7 @@ class RunResult:
     points: list[dict[str, Any]]
     origin: float
     warmup: dict[str, Any]
+    metrics_samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def probe_target(target: Target) -> Target:
@@ -87,9 +91,13 @@ class _Clients:
         self.targets, self.plan = targets, plan
         self.http: dict[str, aiohttp.ClientSession] = {}
         self.grpc: dict[str, Any] = {}
+        self.scrape: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> _Clients:
         timeout = aiohttp.ClientTimeout(total=self.plan.request_timeout_s)
+        if self.plan.scrape_metrics:  # its own session: a scrape never waits behind the load
+            self.scrape = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=max(5.0, self.plan.scrape_interval_s)))
         for t in self.targets:
             self.http[t.name] = aiohttp.ClientSession(
                 timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False))
@@ -102,6 +110,8 @@ class _Clients:
     async def __aexit__(self, *exc: object) -> None:
         for s in self.http.values():
             await s.close()
+        if self.scrape is not None:
+            await self.scrape.close()
         for c in self.grpc.values():
             await c.close()
 
@@ -123,6 +133,7 @@ async def run_benchmark(
     pbar = tqdm(total=total, desc="requests", unit="req", disable=not progress)
     records: list[RequestRecord] = []
     points: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
     warm: dict[str, Any] = {}
     origin = time.perf_counter()
     async with _Clients(targets, plan) as clients:
@@ -148,16 +159,27 @@ async def run_benchmark(
                         # vLLM's CPU engine keeps spinning ~1 s after its last request; on a
                         # small machine both engines share a core, so let the last one settle.
                         await asyncio.sleep(plan.cooldown_s)
+                        scraper = None
+                        if clients.scrape is not None:
+                            scraper = PointScraper(
+                                clients.scrape, t, {"target": t.name, "api": api,
+                                                    "point": load.label, "repeat": repeat},
+                                origin, plan.scrape_interval_s)
+                            scraper.start()
                         res = await run_point(sender, session, t, prompts, plan.sampling, load,
                                               api=api, repeat=repeat,
                                               seed=plan.seed * 1000 + li * 10 + repeat,
                                               pbar=pbar)
                         fill_token_counts(res.records, tokenizer)
                         records.extend(res.records)
-                        points.append(_point_row(t, api, load, repeat, res, plan))
+                        row = _point_row(t, api, load, repeat, res, plan)
+                        if scraper is not None:
+                            row.update(await scraper.stop())
+                            samples.extend(scraper.samples)
+                        points.append(row)
                     turn += 1
     pbar.close()
-    return RunResult(records, points, origin, warm)
+    return RunResult(records, points, origin, warm, samples)
 
 
 def _point_row(target: Target, api: str, load: Load, repeat: int, res: PointResult,
