@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -141,19 +142,12 @@ class Gate:
                       route: routes.Route) -> None:
         rid = request_id.get().encode()
         started = False
-        call: Call | None = None
-        status = 500
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started, status
+            nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                status = int(message["status"])
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
-            elif (call is not None and message["type"] == "http.response.body"
-                  and not message.get("more_body", False)):
-                call.outcome = call.outcome or outcome_of(status)
-                call.count()  # before the client can have its answer (and read /metrics)
             await send(message)
 
         where = f"{scope.get('method')} {scope['path']}"
@@ -182,7 +176,8 @@ class Gate:
                                        carrier=_trace_headers(scope)
                                        if self.pipeline.tracing is not None else None) as call:
                 scope.setdefault("state", {})["call"] = call
-                final = await _run_cancellable(self.app, scope, limited_receive, send_with_id)
+                final = await _run_cancellable(self.app, scope, limited_receive, send_with_id,
+                                               on_last_byte=_counter(call))
                 call.outcome = call.outcome or ("aborted" if final is None
                                                 else outcome_of(final))
         except ServingError as exc:  # refused by the pipeline, or a chunked body too large
@@ -198,10 +193,25 @@ class Gate:
             await self._send_error(send_with_id, err, route, where)
 
 
-async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive,
-                           send: Send) -> int | None:
+def _counter(call: Call) -> Callable[[int | None], None]:
+    """Count ``call`` as its answer's last byte goes out (``None``: the client had already
+    gone, so whatever the app answered, e.g. vLLM's 400 "Client disconnected", it is
+    ``aborted``): a client that reads /metrics as soon as it has its answer finds it counted."""
+
+    def count(status: int | None) -> None:
+        call.outcome = call.outcome or ("aborted" if status is None else outcome_of(status))
+        call.count()
+
+    return count
+
+
+async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive, send: Send, *,
+                           on_last_byte: Callable[[int | None], None] | None = None
+                           ) -> int | None:
     """Run a request; cancel it (aborting its engine requests) if the client disconnects
-    before the whole answer is sent. Returns the response status, None if cancelled."""
+    before the whole answer is sent. Returns the response status, None if cancelled.
+    ``on_last_byte`` is called just before the answer's last body message is sent, with its
+    status (None if the client had disconnected by then)."""
     body_done = asyncio.Event()
     disconnected = asyncio.Event()
     status: int | None = None
@@ -221,6 +231,8 @@ async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive,
             status = int(message["status"])
         elif message["type"] == "http.response.body" and not message.get("more_body", False):
             complete = True
+            if on_last_byte is not None:
+                on_last_byte(None if disconnected.is_set() else status)
         await send(message)
 
     async def watch() -> None:

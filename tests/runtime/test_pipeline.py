@@ -317,3 +317,29 @@ def test_a_request_is_counted_before_its_last_byte_is_sent(path: str, body: Any)
              "scheme": "http", "server": ("t", 80), "client": ("c", 1)}
     asyncio.run(assembled.app(scope, receive, transport_send))
     assert seen_at_last_byte == [1.0]
+
+
+def test_an_answer_sent_after_the_client_left_counts_as_aborted() -> None:
+    """vLLM notices a disconnect itself and answers 400 "Client disconnected" to nobody: the
+    request is counted ``aborted`` (the client left), not ``client_error`` (a CI run saw the
+    400 win once the count moved to the last byte)."""
+    from runtime.protocol.gate import _run_cancellable
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the body
+        assert (await receive())["type"] == "http.disconnect"  # vLLM's is_disconnected()
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"Client disconnected"})
+
+    body = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return body.pop() if body else {"type": "http.disconnect"}
+
+    async def transport_send(message: dict[str, Any]) -> None:
+        return None
+
+    seen: list[int | None] = []
+    asyncio.run(_run_cancellable(app, {"type": "http"}, receive, transport_send,
+                                 on_last_byte=seen.append))
+    assert seen == [None]  # the gate's counter makes None "aborted"
