@@ -27,8 +27,15 @@ import pytest
 
 from deployment.processes import ChildProcess
 from runtime.engine.vllm_ledger import FORBID_ENV, LEDGER_ENV
+from tests.support import kv_events
 from tests.support.otlp import Receiver
-from tests.support.server import DEFAULT_MODEL_DIR, REPO, ServerProcess, start_runtime
+from tests.support.server import (
+    DEFAULT_MODEL_DIR,
+    REPO,
+    ServerProcess,
+    free_port,
+    start_runtime,
+)
 
 GUARDED_KEY = "s3cret-key"  # the guarded server's key (from a file: ``guarded_key_file``)
 GUARDED_OPERATOR_KEY = "s3cret-operator-key"  # its operator key (operator routes)
@@ -64,9 +71,12 @@ def predictor(model_dir: str) -> Iterator[ServerProcess]:
     # and makes "prompt longer than the context" cheap to test. Tool calling as documented for
     # SmolLM2 (README, "Structured outputs and tool calls"): hermes, its ChatML tool-call format.
     # The drain timeout is long enough for the drain test's requests on a loaded machine.
+    # KV-cache events on (a ZMQ publisher, as llm-d's precise prefix-cache routing needs).
+    kv_port = free_port()
     server = start_runtime(model_dir=model_dir, extra=[
         "--max-model-len=2048", "--enable-auto-tool-choice", "--tool-call-parser=hermes",
-        "--drain_timeout=120"], name="predictor")
+        "--drain_timeout=120", kv_events.engine_flag(kv_port)], name="predictor")
+    server.kv_events_port = kv_port  # type: ignore[attr-defined]
     try:
         yield server
     finally:
