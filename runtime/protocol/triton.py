@@ -203,21 +203,26 @@ def output_tensors(outputs: frozenset[str], rows: Sequence[dict[str, Any]]
 
 # ---- ModelStreamInferResponse {string error_message = 1; ModelInferResponse infer_response = 2}
 
-def _varint(value: int) -> bytes:
+SMALL_VARINTS = [bytes((n,)) for n in range(128)]  # the one-byte varints, prebuilt
+
+
+def varint(value: int) -> bytes:
+    """A protobuf varint (an ``int64`` below zero as its ten-byte two's complement)."""
+    if 0 <= value < 128:
+        return SMALL_VARINTS[value]
+    if value < 0:
+        value += 1 << 64
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
 
 
-def _field(number: int, payload: bytes) -> bytes:
+def field(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field: tag (number << 3 | 2), varint length, bytes."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def stream_response(infer_response: bytes | None = None, error_message: str = "") -> bytes:
@@ -225,9 +230,9 @@ def stream_response(infer_response: bytes | None = None, error_message: str = ""
     ``ModelInferResponse`` (KServe's message has the same wire format)."""
     out = b""
     if error_message:
-        out += _field(1, error_message.encode("utf-8"))
+        out += field(1, error_message.encode("utf-8"))
     if infer_response is not None:
-        out += _field(2, infer_response)
+        out += field(2, infer_response)
     return out
 
 

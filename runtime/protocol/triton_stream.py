@@ -28,24 +28,9 @@ from runtime.protocol import triton
 # parameters = 4, contents = 5. InferTensorContents: uint_contents = 4 (packed),
 # fp32_contents = 6 (packed), bytes_contents = 8. InferParameter: bool_param = 1,
 # int64_param = 2, string_param = 3. Map entries: key = 1, value = 2.
-_SMALL = [bytes((n,)) for n in range(128)]
-
-
-def _varint(value: int) -> bytes:
-    if 0 <= value < 128:
-        return _SMALL[value]
-    if value < 0:  # protobuf's int64: two's complement on ten bytes
-        value += 1 << 64
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+_SMALL = triton.SMALL_VARINTS
+_varint = triton.varint
+_field = triton.field
 
 
 def _parameter(key: str, value: bool | int | str) -> bytes:

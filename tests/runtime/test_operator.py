@@ -376,15 +376,15 @@ async def _grpc_calls(app: Assembled, calls: list[tuple[str, bytes, str | None]]
 
 
 def _load_wire(name: str, path: str) -> bytes:
-    value = triton._field(3, path.encode())  # ModelRepositoryParameter.string_param
-    entry = triton._field(1, b"lora_path") + triton._field(2, value)
-    return triton._field(2, name.encode()) + triton._field(3, entry)
+    value = triton.field(3, path.encode())  # ModelRepositoryParameter.string_param
+    entry = triton.field(1, b"lora_path") + triton.field(2, value)
+    return triton.field(2, name.encode()) + triton.field(3, entry)
 
 
 def test_grpc_repository_calls_need_the_operator_key(tmp_path: Path, allowed: Path) -> None:
     app = _app(tmp_path, allowed)
     load = _load_wire("a1", str(write_adapter(allowed / "a1")))
-    unload = triton._field(2, b"a1")
+    unload = triton.field(2, b"a1")
     outside = _load_wire("a2", str(write_adapter(tmp_path / "outside")))
     codes = asyncio.run(_grpc_calls(app, [
         ("RepositoryModelLoad", load, None), ("RepositoryModelLoad", load, INFERENCE),

@@ -138,10 +138,10 @@ def test_a_load_without_a_usable_folder_says_how(parameters: Any, words: str) ->
 def test_tritons_repository_request_is_read_from_kserves_message() -> None:
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
-    value = triton._field(3, b"/mnt/adapters/a1")  # ModelRepositoryParameter.string_param
-    entry = triton._field(1, b"lora_path") + triton._field(2, value)
-    flag = triton._field(1, b"flag") + triton._field(2, bytes([1 << 3, 1]))  # bool_param
-    wire = triton._field(2, b"a1") + triton._field(3, entry) + triton._field(3, flag)
+    value = triton.field(3, b"/mnt/adapters/a1")  # ModelRepositoryParameter.string_param
+    entry = triton.field(1, b"lora_path") + triton.field(2, value)
+    flag = triton.field(1, b"flag") + triton.field(2, bytes([1 << 3, 1]))  # bool_param
+    wire = triton.field(2, b"a1") + triton.field(3, entry) + triton.field(3, flag)
     name, params = triton.repository_request(pb.RepositoryModelLoadRequest.FromString(wire))
     assert (name, params) == ("a1", {"lora_path": "/mnt/adapters/a1", "flag": True})
     kserve_form = pb.RepositoryModelLoadRequest(model_name="m")
