@@ -139,17 +139,17 @@ def autoscaling_curve(points: Sequence[dict[str, Any]], path: Path) -> bool:
             else f"{target} {api}"
         c0, c1 = colors[(2 * gi) % len(colors)], colors[(2 * gi + 1) % len(colors)]
         for key, label, color, style in (
-                ("waiting_mean", "waiting mean", c0, "-"),
-                ("waiting_max", "waiting max", c0, "--"),
-                ("admitted_waiting_mean", "admitted waiting mean", c1, "-"),
-                ("admitted_waiting_max", "admitted waiting max", c1, "--")):
+                ("waiting_mean", "vLLM waiting mean", c0, "-"),
+                ("waiting_max", "vLLM waiting max", c0, "--"),
+                ("admitted_waiting_mean", "runtime admitted-waiting mean", c1, "-"),
+                ("admitted_waiting_max", "runtime admitted-waiting max", c1, "--")):
             xs, ys = _curve(mine, key)
             if xs:
                 top.plot(xs, ys, ls=style, color=color, marker="o", label=f"{name}: {label}")
         xs, ys = _curve(mine, "kv_cache_mean")
         if xs:
             kv_ax.plot(xs, [100 * y for y in ys], ls=":", color=c0, marker="s",
-                       label=f"{name}: KV-cache use mean")
+                       label=f"{name}: KV-cache use mean (right axis)")
         for key, label, style in (("median_ttft_ms", "TTFT p50", "-"),
                                   ("p95_ttft_ms", "TTFT p95", "--"),
                                   ("median_tpot_ms", "TPOT p50", ":")):
