@@ -57,6 +57,8 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
         "v2": ("/v2/models/smollm2/infer", v2_body(["The capital of France is"], max_tokens=4)),
         "generate": ("/v2/models/smollm2/generate",
                      {"text_input": "The capital of France is", "parameters": {"max_tokens": 4}}),
+        "v1": ("/v1/models/smollm2:predict",
+               {"instances": ["The capital of France is"], "parameters": {"max_tokens": 4}}),
     }[kind]
     r = httpx.post(server.url + path, json=body, headers=headers, timeout=120)
     assert r.status_code == 200, r.text
@@ -64,7 +66,8 @@ def _send(server: ServerProcess, kind: str, traceparent: str) -> None:
 
 @pytest.mark.parametrize("kind, name", [
     ("openai", "openai completion"), ("adapter", "openai completion"), ("v2", "v2-rest infer"),
-    ("generate", "v2-generate generate"), ("grpc", "v2-grpc ModelInfer"),
+    ("generate", "v2-generate generate"), ("v1", "v1-rest predict"),
+    ("grpc", "v2-grpc ModelInfer"),
     ("stream", "v2-grpc ModelStreamInfer")])
 def test_the_runtimes_span_is_the_parent_of_vllms(lora_server: ServerProcess,
                                                   otlp_receiver: Receiver,
