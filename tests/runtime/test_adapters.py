@@ -304,17 +304,49 @@ def test_unload_lets_running_requests_finish(server: ServerProcess, http: httpx.
     assert r.status_code == 200, r.text
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(http.post, "/v2/models/attn-c/generate", json={
-            "text_input": PROMPT, "parameters": {"max_tokens": 150, "ignore_eos": True}})
-        deadline = time.monotonic() + 60
-        while not series(http, "attn-c") and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the request is counted as in flight
-        time.sleep(0.5)
+            "text_input": PROMPT, "parameters": {"max_tokens": 300, "ignore_eos": True}})
+        # Until the engine runs it (vLLM's own gauges say so), then unload under it.
+        scaling = scaling_series_while(http, lambda s: "attn-c" in s["running_lora_adapters"]
+                                       and s["vllm:num_requests_running"] >= 1, timeout=60)
         unload = http.post("/v2/repository/models/attn-c/unload", headers=OPERATOR)
         answer = running.result(timeout=300)
     assert unload.status_code == 200, unload.text
     assert answer.status_code == 200, answer.text
-    assert answer.json()["usage"]["completion_tokens"] == 150
+    assert answer.json()["usage"]["completion_tokens"] == 300
     assert_not_served(server, http, "attn-c")
+    # The series routers and autoscalers read (docs/autoscaling.md), while it ran: vLLM's
+    # lora_requests_info named the adapter loaded at run time among the running ones.
+    assert "attn-c" in scaling["running_lora_adapters"], scaling
+    assert scaling["vllm:num_requests_running"] >= 1, scaling
+    assert scaling["vllm:num_requests_waiting"] >= 0, scaling
+    assert 0 < scaling["vllm:kv_cache_usage_perc"] <= 1, scaling
+    assert scaling["kserve_llm_requests_admitted_waiting"] >= 0, scaling
+
+
+def scaling_series_while(http: httpx.Client, until: Any, timeout: float = 30) -> dict[str, Any]:
+    """The scaling series from ``/metrics`` (Prometheus' own text parser), read until
+    ``until(series)`` holds: the gauges summed over their label sets, and the adapters that
+    vLLM's ``vllm:lora_requests_info`` lists as running now. (That gauge keeps a label set per
+    combination it has seen, valued with the time it was last current: the newest is now.)"""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = ("vllm:num_requests_running", "vllm:num_requests_waiting",
+              "vllm:kv_cache_usage_perc", "kserve_llm_requests_admitted_waiting")
+    deadline = time.monotonic() + timeout
+    while True:
+        got: dict[str, Any] = {"running_lora_adapters": set()}
+        newest = -1.0
+        for family in text_string_to_metric_families(http.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name in wanted:
+                    got[sample.name] = got.get(sample.name, 0.0) + sample.value
+                elif sample.name == "vllm:lora_requests_info" and sample.value > newest:
+                    newest = sample.value
+                    running = sample.labels.get("running_lora_adapters", "")
+                    got["running_lora_adapters"] = set(filter(None, running.split(",")))
+        if until(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
 
 
 def _folder(tmp: Path, name: str) -> Path:
