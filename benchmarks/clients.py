@@ -17,6 +17,7 @@ see :data:`BASELINE_EQUIVALENT`.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -48,6 +49,12 @@ def bearer(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
+def new_traceparent() -> str:
+    """A W3C ``traceparent`` starting a new sampled trace (random ids, flags ``01``): what a
+    traced caller sends, so a server with tracing on records the request."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
 @dataclass
 class Target:
     """A server under test: its name, HTTP root, OpenAI prefix, model and gRPC address.
@@ -59,6 +66,10 @@ class Target:
 
     ``api_key``, when given, goes with every request as ``Authorization: Bearer KEY`` (HTTP)
     and as the ``authorization`` metadata (gRPC), as the runtime's ``--api_key`` requires.
+
+    ``traceparent``, when true, gives every request a W3C ``traceparent`` of its own (a new
+    sampled trace: HTTP header, gRPC metadata), as a traced caller would send: with
+    ``--otlp-traces-endpoint`` the server's spans continue it (``frontend-cpu --traced``).
     """
 
     name: str
@@ -70,14 +81,22 @@ class Target:
     models: tuple[str, ...] = ()
     model_order: str = "round-robin"
     api_key: str | None = field(default=None, repr=False)  # never printed with the target
+    traceparent: bool = False
 
     def headers(self) -> dict[str, str]:
-        """HTTP headers every request to this target carries (the key, if any)."""
-        return bearer(self.api_key)
+        """HTTP headers of one request to this target (the key, a fresh traceparent: if set).
+        Called once per request, so each request is its own trace."""
+        out = bearer(self.api_key)
+        if self.traceparent:
+            out["traceparent"] = new_traceparent()
+        return out
 
     def grpc_metadata(self) -> dict[str, str] | None:
-        """gRPC metadata every call to this target carries (None without a key)."""
-        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        """gRPC metadata of one call to this target (None without a key or traceparent)."""
+        out = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        if self.traceparent:
+            out["traceparent"] = new_traceparent()
+        return out or None
 
     def describe(self) -> dict[str, Any]:
         """The target as ``run.json`` records it: the key replaced by whether one was sent."""

@@ -15,7 +15,10 @@ repeat). The report pools the repeats per (server, API) and divides each runtime
 vLLM's completions and chat rows of the same run::
 
     python -m benchmarks frontend-cpu [--repeats 2 --requests 48 --concurrency 8] \\
-        [--no-vllm] [--url URL --grpc-url HOST:PORT [--pid PID]] [-- ENGINE ARGS]
+        [--no-vllm] [--traced] [--url URL --grpc-url HOST:PORT [--pid PID]] [-- ENGINE ARGS]
+
+``--traced`` adds a second runtime with ``--otlp-traces-endpoint`` between the two
+(:mod:`benchmarks.frontend_traced`): the cost of tracing as a ratio of the same run.
 
 With ``--url`` (``--vllm-url``) the server is already running on this machine: its pid is
 ``--pid`` (``--vllm-pid``) or else the process listening on the URL's port.
@@ -155,20 +158,26 @@ def markdown(doc: dict[str, Any]) -> str:
     for p in failed:
         lines.append(f"- FAILED: {p['server']} {p['api']} repeat {p['repeat']}: "
                      f"{p['failed']} requests: {'; '.join(p['errors'])}")
+    if doc.get("tracing"):
+        from benchmarks.frontend_traced import markdown_section
+
+        lines += markdown_section(doc)
     return "\n".join(lines) + "\n"
 
 
 async def _measure(target: Target, pid: int, apis: list[str], args: argparse.Namespace,
                    sets: dict[tuple[str, str, int], list[Prompt]], warm: list[Prompt],
-                   tokenizer: Any) -> list[dict[str, Any]]:
+                   tokenizer: Any, watch: Any = None) -> list[dict[str, Any]]:
     """Warm every API up, then every repeat of every API: one row per load, with the
-    front-end's CPU seconds over it."""
+    front-end's CPU seconds over it (and, with ``watch``, a ``SpanWatch``, over the export
+    of the load's spans)."""
     load = Load(concurrency=args.concurrency)
     plan = RunPlan(apis=apis, loads=[load], repeats=args.repeats, warmup=args.warmup,
                    seed=args.seed, sampling=Sampling(ignore_eos=True),
                    request_timeout_s=args.request_timeout, cooldown_s=args.cooldown)
     await probe_target(target)
     rows: list[dict[str, Any]] = []
+    sent = 0
     async with _Clients([target], plan) as clients:
         for api in apis:
             if warm:
@@ -179,6 +188,9 @@ async def _measure(target: Target, pid: int, apis: list[str], args: argparse.Nam
                 bad = [r.error for r in res.records if not r.success]
                 print(f"{target.name} {api}: warm-up {len(warm) - len(bad)}/{len(warm)} ok"
                       + (f" ({bad[0]})" if bad else ""), flush=True)
+                sent += len(warm)
+        if watch is not None:
+            await watch.settle(sent)
         for repeat in range(args.repeats):
             k = repeat % len(apis)
             for api in apis[k:] + apis[:k]:
@@ -186,10 +198,14 @@ async def _measure(target: Target, pid: int, apis: list[str], args: argparse.Nam
                 idle0, t0 = front_cpu_s(pid), time.perf_counter()
                 await asyncio.sleep(args.cooldown)
                 idle_s = time.perf_counter() - t0
+                if watch is not None:
+                    watch.begin()
                 cpu0 = front_cpu_s(pid)
                 res = await run_point(sender, session, target, sets[(api, load.label, repeat)],
                                       plan.sampling, load, api=api, repeat=repeat,
                                       seed=args.seed * 1000 + repeat)
+                sent += len(res.records)
+                traced = await watch.settle(sent) if watch is not None else {}
                 cpu = front_cpu_s(pid) - cpu0
                 fill_token_counts(res.records, tokenizer)
                 m = point_metrics(res.records, res.duration_s)
@@ -204,7 +220,7 @@ async def _measure(target: Target, pid: int, apis: list[str], args: argparse.Nam
                                          if idle_s > 0.2 else None),
                        "token_sources": sorted({r.token_source for r in res.records
                                                 if r.success}),
-                       "errors": m["errors"]}
+                       "errors": m["errors"], **traced}
                 rows.append(row)
                 print(f"{target.name} {api} repeat {repeat + 1}/{args.repeats}: "
                       f"{row['requests'] - row['failed']}/{row['requests']} ok, "
@@ -219,7 +235,7 @@ def _server(name: str, args: argparse.Namespace, engine_args: list[str], model_d
             ) -> Iterator[tuple[Target, int, dict[str, Any]]]:
     """The target, front-end pid and record of one server: the one at ``--url`` /
     ``--vllm-url``, or one started here (and stopped on the way out)."""
-    runtime = name == "runtime"
+    runtime, tp = name != "vllm", bool(args.traced)
     url = args.url if runtime else args.vllm_url
     model = args.served_model_name
     if url:
@@ -227,10 +243,11 @@ def _server(name: str, args: argparse.Namespace, engine_args: list[str], model_d
         pid = (args.pid if runtime else args.vllm_pid) or listening_pid(url)
         grpc = args.grpc_url if runtime else None
         print(f"{name}: already running at {url}, front-end pid {pid}", flush=True)
-        yield (Target(name, url, model, grpc_url=grpc, api_key=args.api_key), pid,
+        yield (Target(name, url, model, grpc_url=grpc, api_key=args.api_key, traceparent=tp), pid,
                {"url": url, "grpc_url": grpc, "pid": pid, "started_by_benchmark": False})
         return
-    logs, timeout = args.logs, args.startup_timeout
+    logs, timeout = args.logs / ("traced" if name != "runtime" and runtime else ""), \
+        args.startup_timeout
     server = (runtime_server(model_dir, model, engine_args, free_port(), free_port(), logs,
                              timeout) if runtime else
               vllm_server(model_dir, model, engine_args, free_port(), logs, timeout))
@@ -240,7 +257,7 @@ def _server(name: str, args: argparse.Namespace, engine_args: list[str], model_d
         print(f"{name} ready after {server.ready_s:.1f} s, front-end pid {server.pid}",
               flush=True)
         grpc = f"127.0.0.1:{server.grpc_port}" if server.grpc_port else None
-        yield (Target(name, server.url, model, grpc_url=grpc), server.pid,
+        yield (Target(name, server.url, model, grpc_url=grpc, traceparent=tp), server.pid,
                {**server_info(server), "pid": server.pid, "started_by_benchmark": True})
     finally:
         server.stop()
@@ -267,6 +284,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--no-vllm", action="store_true",
                    help="measure the runtime only (no ratios)")
+    p.add_argument("--traced", action="store_true",
+                   help="also a runtime with --otlp-traces-endpoint (to a receiver in this "
+                   "process): tracing's cost as a ratio; every request carries a traceparent")
     s = p.add_argument_group("servers already running on this machine (nothing is started)")
     s.add_argument("--url", default=None, help="the runtime's HTTP root")
     s.add_argument("--grpc-url", default=None, metavar="HOST:PORT",
@@ -298,6 +318,8 @@ def _check(args: argparse.Namespace, engine_args: list[str]) -> list[str]:
     if engine_args and args.url and (args.vllm_url or args.no_vllm):
         raise SystemExit("engine arguments (after --) are for servers this command starts; "
                          "every server here is already running")
+    if args.traced and args.url:
+        raise SystemExit("--traced starts its runtimes (tracing is set at start): no --url")
     if args.requests < 1 or args.concurrency < 1 or args.repeats < 1:
         raise SystemExit("--requests, --concurrency and --repeats must be at least 1")
     return apis
@@ -322,17 +344,31 @@ def cmd_frontend_cpu(args: argparse.Namespace, engine_args: list[str]) -> int:
     started = time.time()
     points: list[dict[str, Any]] = []
     servers: dict[str, dict[str, Any]] = {}
-    for name, server_apis in (("runtime", apis), ("vllm", list(VLLM_APIS))):
-        if name == "vllm" and args.no_vllm:
-            continue
-        with _server(name, args, engine_args, model_dir) as (target, pid, info):
-            servers[name] = info
-            points += asyncio.run(_measure(target, pid, server_apis, args, sets,
-                                           warm[:args.warmup], tokenizer))
-    started_here = [s for s in servers.values() if s["started_by_benchmark"]]
-    diffs = (settings_differences(started_here[0]["engine_settings"],
-                                  started_here[1]["engine_settings"])
-             if len(started_here) == 2 else [])  # a running server's settings are unknown
+    runs = [("runtime", apis, engine_args), ("vllm", list(VLLM_APIS), engine_args)]
+    tr, watch, tracing = None, None, None
+    if args.traced:
+        from benchmarks import frontend_traced as tr
+
+        watch = tr.SpanWatch(tr.Receiver(keep=False).start())
+        runs.insert(1, (tr.TRACED, apis, engine_args + tr.endpoint_args(watch.endpoint)))
+    try:
+        for name, server_apis, server_args in runs:
+            if name == "vllm" and args.no_vllm:
+                continue
+            with _server(name, args, server_args, model_dir) as (target, pid, info):
+                servers[name] = info
+                points += asyncio.run(_measure(
+                    target, pid, server_apis, args, sets, warm[:args.warmup], tokenizer,
+                    watch if tr and name == tr.TRACED else None))
+        tracing = watch.record() if watch else None  # after the traced runtime's exit flush
+    finally:
+        if watch is not None:
+            watch.receiver.stop()
+    here = {n: s["engine_settings"] for n, s in servers.items() if s["started_by_benchmark"]}
+    diffs = (settings_differences(here["runtime"], here["vllm"])
+             if {"runtime", "vllm"} <= here.keys() else [])  # a running server's: unknown
+    if tr:
+        diffs += tr.traced_differences(here["runtime"], here[tr.TRACED])
     env["loadavg_end"] = list(psutil.getloadavg())
     doc = {"config": {"apis": apis, "vllm_apis": [] if args.no_vllm else list(VLLM_APIS),
                       "requests": args.requests, "concurrency": args.concurrency,
@@ -343,7 +379,10 @@ def cmd_frontend_cpu(args: argparse.Namespace, engine_args: list[str]) -> int:
            "environment": env,
            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
            "wall_s": time.time() - started, "servers": servers,
-           "settings_differences": diffs, "points": points, "summary": summarize(points)}
+           "settings_differences": diffs, "points": points, "summary": summarize(points),
+           **({"tracing": tracing} if tracing else {})}
+    if tr:
+        tr.add_ratios(doc["summary"])
     name = args.name or f"frontend-cpu-{time.strftime('%Y-%m-%d', time.gmtime(started))}"
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(doc)
