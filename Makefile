@@ -50,13 +50,14 @@ lint: install
 
 # The fast tier: codecs, limits, routes, errors and the pipeline on a fake engine; no vLLM
 # engine is started (tests that start one are marked `slow`). Its tests are independent, so
-# they run in UNIT_WORKERS processes (pytest-xdist); the slow tier stays serial (one engine
+# they run in UNIT_WORKERS processes (pytest-xdist; worksteal: an idle worker takes queued
+# tests from a busy one, so a long test at the end does not hold the tier); the slow tier stays serial (one engine
 # at a time: two busy engines on two cores measure nothing).
 UNIT_WORKERS ?= 2
 # KSERVE_LLM_NO_ENGINE: any vLLM engine a fast test starts, by any route, refuses to start
 # (runtime/engine/vllm_ledger.py) and fails the test. -rs lists what was skipped, and why.
 unit: install model
-	KSERVE_LLM_NO_ENGINE=1 $(PY) -m pytest -q -rs -n $(UNIT_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	KSERVE_LLM_NO_ENGINE=1 $(PY) -m pytest -q -rs -n $(UNIT_WORKERS) --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # The slow tier prints its 25 slowest tests and, last, every vLLM engine it started (count
 # and launcher): what the suite costs, for the next change to see.
