@@ -29,6 +29,10 @@ from deployment.processes import free_port
 from tests.support.fake_bench_server import echo_app
 from tests.support.server import DEFAULT_MODEL_DIR, REPO
 
+# The commands run end to end in subprocesses (about 25 s): the slow tier, which runs
+# everything; the fast tier stays under two minutes (issue 21).
+pytestmark = pytest.mark.slow
+
 TOKENIZER = str(DEFAULT_MODEL_DIR)
 SMALL = ["--tokenizer", TOKENIZER, "--input-len", "16", "--output-len", "4", "--cooldown", "0",
          "--no-progress"]

@@ -170,6 +170,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
            "doc": json.loads((out / "fc.json").read_text())}
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_each_server_alone_both_stopped_report_written(run: dict[str, Any]) -> None:
     assert run["code"] == 0
     assert [s.name for s in run["started"]] == ["runtime", "vllm"]
@@ -190,6 +191,7 @@ def test_each_server_alone_both_stopped_report_written(run: dict[str, Any]) -> N
     assert "| runtime | generate_stream (v2 REST) | 8/0 | 64 |" in text
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_reported_cpu_is_the_script_child_excluded(run: dict[str, Any]) -> None:
     """Each stand-in burned its scripted CPU per token (plus a little HTTP; the kernel counts
     CPU time in 10 ms ticks, so a load's figure may be a tick short); its spinning child
@@ -211,6 +213,7 @@ def test_reported_cpu_is_the_script_child_excluded(run: dict[str, Any]) -> None:
         assert 1.7 < rows[("runtime", api)]["vs_vllm_chat"] < 2.2
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_running_server_found_by_its_port_no_vllm(tmp_path: Path) -> None:
     """``--url`` without ``--pid``: the listener of the URL's port is measured; ``--no-vllm``
     starts nothing and reports no ratio."""

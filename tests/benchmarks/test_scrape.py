@@ -208,6 +208,7 @@ def test_plot_is_written_for_a_rate_sweep_with_metrics(tmp_path: Path) -> None:
     assert "autoscaling_curve.png" not in write_plots(tmp_path / "x", {"points": unsampled}, [])
 
 
+@pytest.mark.slow  # the command end to end in a subprocess, with the real tokenizer (~15 s)
 def test_cli_writes_samples_columns_summary_and_plot(tmp_path: Path) -> None:
     """``python -m benchmarks run --scrape-metrics --api-key KEY`` as a user types it."""
     app, state = fake_server(RUNTIME_TEXT, KEY, 0.2)

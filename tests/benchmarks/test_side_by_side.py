@@ -166,6 +166,7 @@ def result(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Result
     return out, calls, {name: list(seen) for name, (_, seen) in servers.items()}
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_each_server_alone_then_both_stopped_files_written(result: Result) -> None:
     out, calls, _ = result
     assert calls == ["start vllm", "start runtime", "stop vllm", "stop runtime"]
@@ -183,6 +184,7 @@ def test_each_server_alone_then_both_stopped_files_written(result: Result) -> No
     assert "## runtime against vllm" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_plain_vllm_is_sent_the_openai_twin_of_a_v2_api(result: Result) -> None:
     """As the servers saw it: plain vLLM got streamed completions for v2-generate-stream, and
     both got the same prompts (each API, point and repeat has its own set, shared)."""
@@ -202,6 +204,7 @@ def test_plain_vllm_is_sent_the_openai_twin_of_a_v2_api(result: Result) -> None:
     assert len({p for _, p in seen["runtime"]}) == len(APIS) * (per_call - WARMUP) + WARMUP
 
 
+@pytest.mark.slow  # the command end to end in subprocesses, with scripted servers
 def test_every_number_is_recomputed_from_the_request_rows(result: Result) -> None:
     """Per point: counts and token totals from the rows, a duration that spans the rows, the
     throughputs as totals / duration, median TTFT from the rows; the comparison as the mean

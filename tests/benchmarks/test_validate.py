@@ -177,6 +177,7 @@ PROMPTS, CONCURRENCY = 12, 4
 TOLERANCE = 0.5
 
 
+@pytest.mark.slow  # vLLM's harness in a subprocess, then this client (~15 s)
 def test_both_harnesses_send_the_same_workload_and_measure_it_alike(
         chat_server: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     """vLLM's own harness (``vllm.benchmarks.serve``, in its subprocess) and this client, in

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import types
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -25,8 +24,8 @@ from runtime.engine.base import Delta, PreparedRequest
 from runtime.errors import ServingError
 from runtime.model import LLMModel
 from runtime.protocol import triton
-from runtime.protocol.grpc_server import PipelineInterceptor, StreamInfer
 from tests.runtime.test_triton_codec import _stream_response_class
+from tests.runtime.test_triton_pipeline import _serve
 from tests.support.app import assemble
 from tests.support.fake_engine import FakeEngine
 
@@ -205,13 +204,7 @@ class OldModel(LLMModel):
 
 async def _over_grpc(model_class: type[LLMModel], requests: list[pb.ModelInferRequest]
                      ) -> list[tuple[str, pb.ModelInferResponse]]:
-    parts = assemble(engine=ScriptedEngine(FULL))
-    model = model_class("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
-    data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
-    server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
-    server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane, 128).handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await _serve(assemble(engine=ScriptedEngine(FULL)), model_class)
     out = []
     try:
         async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -37,10 +37,10 @@ def infer_request(prompt: str, model: str = "smollm2", stream: bool = True,
     return req
 
 
-async def _serve(parts: Any) -> tuple[Any, int]:
+async def _serve(parts: Any, model_class: type[LLMModel] = LLMModel) -> tuple[Any, int]:
     """An in-process gRPC server with the stream handler and the pipeline interceptor, on the
     assembled app's fake engine; returns (server, port)."""
-    model = LLMModel("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
+    model = model_class("smollm2", parts.engine, parts.lifecycle, parts.pipeline)
     data_plane = types.SimpleNamespace(get_model_from_registry=lambda name: model)
     server = aio.server(interceptors=(PipelineInterceptor(parts.pipeline),))
     server.add_generic_rpc_handlers((StreamInfer(parts.pipeline, data_plane, 128).handler(),))
