@@ -15,6 +15,7 @@ whether bfloat16 was asked for or is what ``--dtype auto`` resolves to for the m
 from __future__ import annotations
 
 import logging
+import math
 from argparse import Namespace
 from typing import Any
 
@@ -70,7 +71,7 @@ def parse_engine_args(settings: RuntimeSettings) -> Namespace:
     argv += ["--model", settings.model_dir, "--served-model-name", *names]
     parser = engine_parser()
     vllm_defaults = {name: parser.get_default(name) for name in CPU_DEFAULTS}
-    parser.set_defaults(**dict.fromkeys(CPU_DEFAULTS, _UNSET))
+    parser.set_defaults(**dict.fromkeys(CPU_DEFAULTS, _UNSET), shutdown_timeout=_UNSET)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the reason
@@ -80,6 +81,12 @@ def parse_engine_args(settings: RuntimeSettings) -> Namespace:
     defaults = CPU_DEFAULTS if cpu and not given else vllm_defaults
     for name in CPU_DEFAULTS.keys() - given:
         setattr(args, name, defaults[name])
+    if args.shutdown_timeout is _UNSET:
+        # vLLM's --shutdown-timeout is its drain: on SIGTERM the engine-core process finishes
+        # its in-flight requests (0: it aborts them). A signal sent to the process group
+        # (Ctrl-C, systemd, `kill -- -PID`) reaches the engine core too; with 0 it would cut
+        # off the requests the runtime's drain is waiting for. So it is the drain's timeout.
+        args.shutdown_timeout = math.ceil(settings.drain_timeout)
     validate_parsed_serve_args(args)
     if cpu and args.enforce_eager:
         dtype = resolved_dtype(args)

@@ -24,6 +24,8 @@ from runtime import tracing
 from runtime.admission import Admission
 from runtime.metrics import current_model, current_protocol, record_engine_request
 
+ENGINE_EXIT_GRACE = 2.0  # seconds the engine-core process gets to exit before it is killed
+
 
 @contextlib.asynccontextmanager
 async def build_engine_client(args: Namespace) -> AsyncIterator[AsyncLLM]:
@@ -51,7 +53,9 @@ async def build_engine_client(args: Namespace) -> AsyncIterator[AsyncLLM]:
         await llm.reset_mm_cache()
         yield llm
     finally:
-        llm.shutdown(timeout=config.shutdown_timeout)
+        # The runtime's drain has run by now (or was cut short on purpose): what the engine
+        # core still holds is abandoned. A short grace to exit cleanly, not the drain again.
+        llm.shutdown(timeout=min(config.shutdown_timeout, ENGINE_EXIT_GRACE))
 
 
 class InstrumentedEngineClient:

@@ -24,7 +24,8 @@ from tests.support.server import ServerProcess
 pytestmark = pytest.mark.slow
 
 STREAMS = 16
-MAX_TOKENS = 128  # long enough that no stream can finish before the last one starts
+MAX_TOKENS = 128  # the streams and OpenAI requests, started together
+FIRST_TOKENS = 320  # the three started first, alone for a moment: longer
 
 
 def _stream(url: str, results: list, i: int, started: threading.Event) -> None:
@@ -56,7 +57,7 @@ def _openai(url: str, results: list, i: int) -> None:
 def _v2_infer(url: str, results: list, i: int) -> None:
     try:
         results[i] = httpx.post(url + "/v2/models/smollm2/infer", timeout=120, json=v2_body(
-            ["Count with me: one, two,"], max_tokens=MAX_TOKENS, ignore_eos=True))
+            ["Count with me: one, two,"], max_tokens=FIRST_TOKENS, ignore_eos=True))
     except Exception as exc:
         results[i] = exc
 
@@ -66,7 +67,7 @@ def _grpc(port: int, results: list, i: int) -> None:
 
     try:
         results[i] = grpc_infer(port, ["Count with me: one, two,"],
-                                {"max_tokens": MAX_TOKENS, "ignore_eos": True})
+                                {"max_tokens": FIRST_TOKENS, "ignore_eos": True})
     except Exception as exc:
         results[i] = exc
 
@@ -77,7 +78,7 @@ def _triton_stream(port: int, results: list, i: int) -> None:
     try:
         results[i] = run_client(f"127.0.0.1:{port}", "stream", [{
             "prompt": "Count with me: one, two,", "inputs": {"stream": True},
-            "parameters": {"max_tokens": MAX_TOKENS, "ignore_eos": True}}])
+            "parameters": {"max_tokens": FIRST_TOKENS, "ignore_eos": True}}])
     except Exception as exc:
         results[i] = exc
 
@@ -100,26 +101,39 @@ def test_sigterm_drains_in_flight_requests(predictor: ServerProcess) -> None:
         results: list = [None] * STREAMS
         oai_results: list = [None] * 2
         started = [threading.Event() for _ in range(STREAMS)]
-        threads = [threading.Thread(target=_stream, args=(url, results, i, started[i]))
-                   for i in range(STREAMS)]
+        others: list = [None] * 3  # v2 REST infer, gRPC ModelInfer, ModelStreamInfer
+        # The clients that take longest to start (a tritonclient subprocess, gRPC) go first,
+        # with longer answers, so none finishes before the last stream has started.
+        first = [threading.Thread(target=_v2_infer, args=(url, others, 0)),
+                 threading.Thread(target=_grpc, args=(server.grpc_port, others, 1)),
+                 threading.Thread(target=_triton_stream, args=(server.grpc_port, others, 2))]
+        threads = first + [threading.Thread(target=_stream, args=(url, results, i, started[i]))
+                           for i in range(STREAMS)]
         threads += [threading.Thread(target=_openai, args=(url, oai_results, i))
                     for i in range(2)]
-        others: list = [None] * 3  # v2 REST infer, gRPC ModelInfer, ModelStreamInfer
-        threads += [threading.Thread(target=_v2_infer, args=(url, others, 0)),
-                    threading.Thread(target=_grpc, args=(server.grpc_port, others, 1)),
-                    threading.Thread(target=_triton_stream, args=(server.grpc_port, others, 2))]
-        for t in threads:
+        expected = STREAMS + len(oai_results) + len(others)
+
+        def state() -> str:
+            return (f"in flight {_client_requests_in_flight(url)} of {expected}; "
+                    f"first three: {others!r}; streams done: "
+                    f"{sum(r is not None for r in results)}; OpenAI: {oai_results!r}")
+
+        deadline = time.monotonic() + 120
+        for t in first:
+            t.start()
+        while _client_requests_in_flight(url) < len(first) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _client_requests_in_flight(url) == len(first), state()
+        for t in threads[len(first):]:
             t.start()
         # Every stream has received text, and every request is being served: all in flight.
-        deadline = time.monotonic() + 120
         for ev in started:
             assert ev.wait(max(0.0, deadline - time.monotonic())), "a stream never started"
-        expected = STREAMS + len(oai_results) + len(others)
         while _client_requests_in_flight(url) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _client_requests_in_flight(url) == expected, "not every request started"
+        assert _client_requests_in_flight(url) == expected, "not every request started: " + state()
         assert all(r is None for r in results + oai_results + others), \
-            "a request finished before SIGTERM"
+            "a request finished before SIGTERM: " + state()
         os.kill(server.pid, signal.SIGTERM)
         t_term = time.monotonic()
         # Readiness turns false at once, and new requests are refused with 503 + Retry-After.
@@ -141,12 +155,12 @@ def test_sigterm_drains_in_flight_requests(predictor: ServerProcess) -> None:
             assert r.json()["usage"]["completion_tokens"] == MAX_TOKENS
         v2, grpc_answer, [pieces] = others
         assert isinstance(v2, httpx.Response) and v2.status_code == 200, v2
-        assert v2.json()["parameters"]["completion_tokens"] == MAX_TOKENS
+        assert v2.json()["parameters"]["completion_tokens"] == FIRST_TOKENS
         assert not isinstance(grpc_answer, Exception), grpc_answer
         tokens = grpc_answer.parameters["completion_tokens"]  # an InferParameter message
-        assert getattr(tokens, "int64_param", tokens) == MAX_TOKENS
+        assert getattr(tokens, "int64_param", tokens) == FIRST_TOKENS
         assert not any("error" in p for p in pieces), pieces
-        assert pieces[-1]["parameters"]["completion_tokens"] == MAX_TOKENS
+        assert pieces[-1]["parameters"]["completion_tokens"] == FIRST_TOKENS
         server.proc.wait(timeout=DRAIN_TIMEOUT)
         assert time.monotonic() - t_term < DRAIN_TIMEOUT, "did not exit within the drain timeout"
         assert server.proc.returncode == 0, server.log()[-3000:]

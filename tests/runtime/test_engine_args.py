@@ -3,12 +3,14 @@ arguments (issue 14), the CPU defaults being the one documented difference.
 
 Both engine configurations are resolved without starting an engine: the runtime's through
 ``runtime.cli.parse`` -> ``parse_engine_args``, plain vLLM's through its own serve parser on the
-same argv (plus ``--model DIR --served-model-name smollm2``, what the runtime adds), then
+same argv (plus ``--model DIR --served-model-name smollm2``, what the runtime adds, and
+``--shutdown-timeout`` the runtime's ``--drain_timeout``, vLLM's name for the same drain), then
 ``AsyncEngineArgs.from_cli_args(ns).create_engine_config()`` for both.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from argparse import Namespace
@@ -23,7 +25,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from runtime import cli
 from runtime.engine.vllm_args import parse_engine_args
-from runtime.settings import EngineArgsError
+from runtime.settings import EngineArgsError, RuntimeSettings
 from tests.support.server import DEFAULT_MODEL_DIR, start_runtime
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL_DIR.is_dir(),
@@ -47,9 +49,14 @@ def runtime_args(engine_argv: list[str]) -> Namespace:
     return parse_engine_args(settings)
 
 
+# `vllm serve --shutdown-timeout N` drains for N seconds, the runtime's --drain_timeout.
+DRAIN = str(math.ceil(RuntimeSettings.model_fields["drain_timeout"].default))
+
+
 def vllm_args(engine_argv: list[str]) -> Namespace:
     parser = make_arg_parser(FlexibleArgumentParser())
-    return parser.parse_args([*engine_argv, "--model", MODEL, "--served-model-name", "smollm2"])
+    return parser.parse_args(["--shutdown-timeout", DRAIN, *engine_argv, "--model", MODEL,
+                              "--served-model-name", "smollm2"])
 
 
 def engine(ns: Namespace) -> dict[str, Any]:
@@ -171,6 +178,18 @@ def test_flags_from_a_config_file_count_as_given(tmp_path: Path) -> None:
     ours, theirs = runtime_args(argv), vllm_args(argv)
     assert (ours.dtype, ours.enforce_eager, ours.max_model_len) == ("bfloat16", False, 1024)
     assert vars(ours) == vars(theirs)
+
+
+def test_the_engine_drains_as_long_as_the_runtime() -> None:
+    """A signal to the process group reaches the engine-core process too: with vLLM's default
+    --shutdown-timeout 0 it would abort the requests the runtime's drain waits for. So the
+    engine's drain is the runtime's, unless --shutdown-timeout is given as an engine flag."""
+    settings = cli.parse([f"--model_dir={MODEL}", "--model_name=smollm2", "--drain_timeout=7.5"])
+    assert parse_engine_args(settings).shutdown_timeout == 8
+    assert runtime_args([]).shutdown_timeout == int(DRAIN)
+    assert runtime_args(["--shutdown-timeout", "3"]).shutdown_timeout == 3
+    engine_config = AsyncEngineArgs.from_cli_args(runtime_args([])).create_engine_config()
+    assert engine_config.shutdown_timeout == int(DRAIN)
 
 
 def test_cpu_defaults_kept_with_other_engine_flags() -> None:
