@@ -29,7 +29,7 @@ APIS = ("openai-chat", "openai-completions", "v2-generate-stream", "v2-grpc")
 PROTOCOL = {"openai-chat": "openai", "openai-completions": "openai",
             "v2-generate-stream": "v2-generate", "v2-grpc": "v2-grpc"}  # metric label
 BASE, ADAPTERS = "smollm2", ("attn-a", "mlp-b")
-PROMPTS, OUT_TOKENS, WARMUP = 8, 8, 2
+PROMPTS, OUT_TOKENS, WARMUP = 4, 8, 2  # both even: spread over the two adapters
 
 
 def _command(server: ServerProcess, model_dir: str, out: Path, *key: str) -> list[str]:

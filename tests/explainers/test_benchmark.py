@@ -15,7 +15,7 @@ import pytest
 from tests.support.server import ServerProcess, run_tool
 
 pytestmark = pytest.mark.slow
-WORDS = 20  # the prompt's last 20 words (the documented run explains all 64): a shorter run
+WORDS = 10  # the prompt's last 10 words (the documented run explains all 64): a shorter run
 
 
 def test_benchmark_compares_the_same_attributions(predictor_url: str, explainer: ServerProcess,
