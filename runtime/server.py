@@ -74,12 +74,15 @@ class Supervisor:
         in_flight = self.admission.requests
         logger.info("draining %d in-flight requests (timeout %.0f s)", in_flight,
                     self.settings.drain_timeout)
-        if await self.admission.wait_idle(self.settings.drain_timeout):
+        drained = await self.admission.wait_idle(self.settings.drain_timeout)
+        if drained:
             logger.info("drained; stopping")
         else:
             logger.warning("drain timeout: %d requests still in flight are cut off",
                            self.admission.requests)
-        self._stop_servers(sig)
+        # cut off means now: uvicorn's graceful stop would give open streams 5 s more, past
+        # the drain timeout that was chosen to fit the pod's grace period
+        self._stop_servers(sig, force=not drained)
 
     def _stop_servers(self, sig: int, force: bool = False) -> None:
         """Stop the listeners; ``force``: close open connections (streams) too, rather than
@@ -119,8 +122,17 @@ class Supervisor:
         return refresh_certificates(context, certfile=settings.ssl_certfile,
                                     keyfile=settings.ssl_keyfile)
 
+    def _limit_connections(self) -> None:
+        """``--max_connections`` as uvicorn's ``limit_concurrency`` (KServe does not pass it):
+        read by each new connection, so it applies from the first one when set before the
+        listener accepts."""
+        rest = getattr(self.model_server, "_rest_server", None)
+        if rest is not None:
+            rest._server.config.limit_concurrency = self.settings.max_connections
+
     async def run(self) -> None:
         """Start the engine, then watch its health until shutdown."""
+        self._limit_connections()
         loop = type(asyncio.get_running_loop())
         logger.info("event loop: %s.%s", loop.__module__, loop.__qualname__)
         await self._listeners_up()

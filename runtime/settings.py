@@ -103,6 +103,10 @@ class RuntimeSettings(BaseModel):
     max_concurrent_rpcs: int = Field(
         default=1024, ge=1, description="gRPC RPCs served at once (streams included); beyond "
                                         "it gRPC refuses with RESOURCE_EXHAUSTED")
+    max_connections: int = Field(
+        default=2048, ge=1, description="HTTP connections (and requests in progress) at once; "
+                                        "beyond it a new request gets 503 Service Unavailable "
+                                        "(uvicorn's limit_concurrency)")
     max_stream_requests: int = Field(
         default=128, ge=1, description="requests in flight at once on one ModelStreamInfer "
                                        "stream; beyond it a request gets an in-stream error "

@@ -38,6 +38,7 @@ from tests.support.server import (
 )
 
 GUARDED_KEY = "s3cret-key"  # the guarded server's key (from a file: ``guarded_key_file``)
+GUARDED_MAX_CONNECTIONS = 48  # the explainer tests open up to ~10 at once
 GUARDED_OPERATOR_KEY = "s3cret-operator-key"  # its operator key (operator routes)
 LORA_KEY = "adapter-test-key"  # the LoRA server's key
 LORA_OPERATOR_KEY = "adapter-operator-key"  # the LoRA server's operator key (load, unload)
@@ -95,7 +96,8 @@ def guarded_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def guarded_server(model_dir: str, guarded_key_file: Path) -> Iterator[ServerProcess]:
     """The runtime with a key (``GUARDED_KEY``, from a file), a two-sequence engine and no
-    waiting room (``--max_waiting_requests=0``), small request limits, operator routes on,
+    waiting room (``--max_waiting_requests=0``), small request limits, at most
+    ``GUARDED_MAX_CONNECTIONS`` HTTP connections, operator routes on,
     and vLLM's listener flags and request logging (ignored with a warning / logging on).
 
     ``server.vllm_port`` is the port given to vLLM's ``--port`` (must stay unused). Users:
@@ -109,7 +111,7 @@ def guarded_server(model_dir: str, guarded_key_file: Path) -> Iterator[ServerPro
         "--max_waiting_requests=0", "--max_n=2", "--max_batch_size=2",
         "--max_tokens_limit=800", "--max_stop_sequences=2", "--default_max_tokens=5",
         "--enable_operator_routes=true", "--operator_key", GUARDED_OPERATOR_KEY,
-        "--drain_timeout=300",
+        "--drain_timeout=300", f"--max_connections={GUARDED_MAX_CONNECTIONS}",
         "--host", "0.0.0.0", "--port", str(vllm_port), "--enable-log-requests"])
     server.vllm_port = vllm_port  # type: ignore[attr-defined]
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,8 @@ from runtime.logs import new_request_id, request_id
 from runtime.pipeline import Call, Pipeline, outcome_of
 from runtime.protocol.http_errors import render
 from runtime.routes import Kind
+
+logger = logging.getLogger(__name__)
 
 
 class RouteNotFoundError(NotFoundError):
@@ -69,6 +72,9 @@ class RequestIds:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -80,8 +86,33 @@ class RequestIds:
             request_id.reset(token)
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """The ASGI lifespan of an app with no start-up or shutdown work (KServe's: checked by
+    :func:`outermost`), answered here rather than by Starlette's router.
+
+    Why: when uvicorn is made to exit at once (a drain cut off at its timeout, a second
+    signal) it skips the lifespan shutdown; the task waiting for it is cancelled as the event
+    loop ends, and Starlette's router reports that cancellation to uvicorn, which logs it as an
+    ERROR with a traceback on every such stop. Here the cancellation ends the task quietly:
+    there is nothing to shut down."""
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
 def outermost(app: Any) -> None:
-    """Wrap ``app``'s middleware stack, built on its first request, in :class:`RequestIds`."""
+    """Wrap ``app``'s middleware stack, built on its first request, in :class:`RequestIds`
+    (which also answers the lifespan: ``app`` must have no lifespan work of its own)."""
+    router = app.router
+    if type(router.lifespan_context).__name__ != "_DefaultLifespan" or getattr(
+            router, "on_startup", None) or getattr(router, "on_shutdown", None):
+        raise RuntimeError("the app has lifespan handlers: runtime.protocol.gate.lifespan "
+                           "would skip them")
     build = app.build_middleware_stack
     app.build_middleware_stack = lambda: RequestIds(build())
 
@@ -180,6 +211,13 @@ class Gate:
                                                on_last_byte=_counter(call))
                 call.outcome = call.outcome or ("aborted" if final is None
                                                 else outcome_of(final))
+        except asyncio.CancelledError:
+            # The server is stopping and cuts this request off (a drain's timeout, a second
+            # signal): uvicorn or the event loop's end cancels it, and its engine requests are
+            # aborted with it (counted "aborted" by the pipeline). Not re-raised: uvicorn would
+            # log the cancellation as an ASGI error with a traceback. Nothing else cancels a
+            # request task (a client that goes away is a message, handled above).
+            logger.warning("%s cut off: the server is stopping", where)
         except ServingError as exc:  # refused by the pipeline, or a chunked body too large
             if started:  # the status is sent: the failure can only be logged (and counted)
                 log_error(exc, where)
@@ -261,3 +299,4 @@ async def _run_cancellable(app: ASGIApp, scope: Scope, receive: Receive, send: S
     finally:
         watcher.cancel()
         gone.cancel()
+        task.cancel()  # a no-op once finished; if this wait was cancelled, the request goes too

@@ -6,6 +6,7 @@ warning / vLLM's request logging on): one engine start fewer than a server of th
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from runtime.routes import OPERATOR_PATHS
-from tests.conftest import GUARDED_KEY, GUARDED_OPERATOR_KEY
+from tests.conftest import GUARDED_KEY, GUARDED_MAX_CONNECTIONS, GUARDED_OPERATOR_KEY
 from tests.runtime.conftest import QUESTION, v2_body
 from tests.runtime.test_grpc import grpc_infer
 from tests.support.metrics import metric_sum
@@ -420,3 +421,33 @@ def test_responses_and_messages_need_the_key_and_keep_the_limits(guarded) -> Non
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["output_tokens"] == DEFAULT_MAX_TOKENS
     assert r.json()["status"] == "incomplete"  # cut by the server's default cap
+
+
+def test_connections_past_the_bound_get_503_and_the_server_keeps_serving(guarded) -> None:
+    """``--max_connections``: with that many connections open (idle ones count: each holds a
+    socket and its buffers), a new request gets uvicorn's 503; once they close, it is
+    served. Below the bound, the same request is served while half as many are open."""
+    host, port = guarded.url.split("://", 1)[1].split(":")
+
+    def request() -> httpx.Response:
+        return httpx.get(guarded.url + "/v2/models/smollm2/ready", headers=AUTH, timeout=10)
+
+    def held(n: int) -> list[socket.socket]:
+        return [socket.create_connection((host, int(port)), timeout=10) for _ in range(n)]
+
+    idle = held(GUARDED_MAX_CONNECTIONS // 2)
+    try:
+        assert request().status_code == 200
+        idle += held(GUARDED_MAX_CONNECTIONS - len(idle))
+        time.sleep(0.5)  # the server has accepted them all
+        refused = request()
+        assert refused.status_code == 503, refused.text
+        assert refused.text == "Service Unavailable"
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while (r := request()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the server notices the closed sockets
+    assert r.status_code == 200, r.text
+    assert "Exceeded concurrency limit" in guarded.log()

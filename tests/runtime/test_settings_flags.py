@@ -25,7 +25,7 @@ FLAGS = {
     "ssl_keyfile", "enable_ssl_refresh", "max_request_bytes", "health_check_interval", "api_key",
     "api_key_file", "operator_key", "operator_key_file", "enable_operator_routes",
     "enable_adapter_loading", "allowed_adapter_dirs", "max_adapters", "protect_metrics",
-    "max_waiting_requests", "max_concurrent_rpcs", "max_stream_requests", "drain_timeout", "max_batch_size", "max_n", "max_tokens_limit",
+    "max_waiting_requests", "max_concurrent_rpcs", "max_stream_requests", "max_connections", "drain_timeout", "max_batch_size", "max_n", "max_tokens_limit",
     "default_max_tokens", "max_stop_sequences", "max_token_ids", "max_bad_words",
 }
 
