@@ -90,10 +90,13 @@ def assert_chat_answers_paris(url: str, model: str, api_key: str = "unused") -> 
     assert "Paris" in out.choices[0].message.content, out
 
 
-def assert_explains(url: str, model: str) -> None:
+def assert_explains(url: str, model: str, api_key: str) -> None:
     body = {"messages": [{"role": "user", "content": FACTS}], "response": "Bob lives in Rome.",
             "granularity": "sentence", "method": "leave_one_out", "html": False}
-    r = httpx.post(f"{url}/v1/models/{model}:explain", json=body, timeout=600)
+    refused = httpx.post(f"{url}/v1/models/{model}:explain", json=body, timeout=60)
+    assert refused.status_code == 401, refused.text  # the explainer has its own key
+    r = httpx.post(f"{url}/v1/models/{model}:explain", json=body, timeout=600,
+                   headers={"Authorization": f"Bearer {api_key}"})
     assert r.status_code == 200, r.text
     [e] = r.json()["explanations"]
     attr = dict(zip([f["text"] for f in e["input_features"]], e["seq_attr"], strict=True))
@@ -115,9 +118,10 @@ class TestStandardCpu:
     def test_every_probe_answers_on_its_path_and_port(self, standard_cpu) -> None:
         assert_all_probes_passed(standard_cpu)
         [pred, _] = standard_cpu.containers
-        # the manifest's paths reached the runtime: /mnt/models and the /tmp emptyDir
+        # the manifest's paths reached the runtime: /mnt/models and the /scratch emptyDir
         assert f"--model_dir={_model_dir()}" in pred.argv
         assert pred.env["HOME"].startswith(str(standard_cpu.workdir))
+        assert pred.env["TMPDIR"].startswith(str(standard_cpu.workdir))
         # the gRPC port (h2c) is listened on too
         assert pred.port_map[8081] and httpx.get(
             f"http://127.0.0.1:{pred.port_map[8080]}/metrics").status_code == 200
@@ -151,7 +155,9 @@ class TestStandardCpu:
         [_, expl] = standard_cpu.containers
         assert expl.argv[expl.argv.index("--predictor_host") + 1] == \
             standard_cpu.component_url("predictor").removeprefix("http://")
-        assert_explains(standard_cpu.component_url("explainer"), "smollm2")
+        # the example's explainer asks for the same inference key as the predictor
+        key = example_key(EXAMPLES_DIR / "smollm2-standard-cpu.yaml")
+        assert_explains(standard_cpu.component_url("explainer"), "smollm2", key)
 
 
 # ---- the other examples, against the Standard run: their plans, no engine of their own ----

@@ -21,6 +21,10 @@ from tests.deployment.conftest import ALL_YAML, DOCKER_DIR, EXAMPLE_FILES, examp
 
 KSERVE_KINDS = {"ServingRuntime", "ClusterServingRuntime", "InferenceService"}
 OTHER_KINDS = {"NetworkPolicy", "Secret"}  # core kinds: checked by check_core_document
+# Knative Serving's webhook refuses a volume mounted at one of these (``reservedPaths`` in
+# knative.dev/serving, pkg/apis/serving/k8s_validation.go).
+KNATIVE_RESERVED_PATHS = {"/", "/dev", "/dev/log", "/tmp", "/var", "/var/log"}
+SCRATCH = "/scratch"  # the writable emptyDir of every container (read-only root filesystem)
 
 
 def strict(schema: Any) -> Any:
@@ -142,6 +146,7 @@ def test_explainer_gets_the_arguments_kserve_appends() -> None:
     assert e.container["command"] == ["python", "-m", "explainers"]
     assert e.container["args"] == ["--model_dir=/mnt/models", "--predictor_timeout=300",
                                    "--predictor_api_key_file=/etc/kserve-vllm/api-key/key",
+                                   "--api_key_file=/etc/kserve-vllm/api-key/key",
                                    "--model_name", "smollm2-knative",
                                    "--predictor_host", "smollm2-knative-predictor.default",
                                    "--http_port", "8080"]
@@ -182,14 +187,17 @@ def test_every_container_is_probed_hardened_and_sized(path) -> None:
         assert sc["capabilities"]["drop"] == ["ALL"], where
         assert c["resources"]["requests"] and c["resources"]["limits"], where
         mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
-        assert "/tmp" in mounts, f"{where}: read-only root needs a writable /tmp"
+        # every example, whatever its mode, mounts what Knative would accept
+        assert not mounts & KNATIVE_RESERVED_PATHS, f"{where}: {mounts} (Knative refuses)"
+        tmpdir = {e["name"]: e.get("value") for e in c.get("env", [])}.get("TMPDIR")
+        assert tmpdir == SCRATCH in mounts, f"{where}: read-only root needs a writable TMPDIR"
         if p.component == "predictor":
             assert "/dev/shm" in mounts, where
             vols = {v["name"]: v for v in p.pod["volumes"]}
             assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
         for env in c.get("env", []):
             if env.get("value", "").startswith("/") and env["name"] != "LD_PRELOAD":
-                assert env["value"].startswith("/tmp"), f"{where}: {env} is not writable"
+                assert env["value"].startswith(SCRATCH), f"{where}: {env} is not writable"
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
