@@ -144,9 +144,13 @@ class LocalDeployment:
     not given there but defined in the manifests' files (``ContainerPlan.secrets``, e.g. an
     example's API key) is written to ``WORKDIR/secrets/<name>/<key>`` (mode 0600), as the
     kubelet would mount it; ``secretKeyRef`` variables read the same two sources.
-    ``workdir`` holds the logs and emptyDir folders; without one, a temporary folder is made
-    here and removed by ``stop()`` (or at once if the plans cannot be localised), so a caller
-    that stops the deployment in a ``finally`` leaks nothing; a given ``workdir`` is kept.
+    ``workdir`` holds the logs and Secrets; without one, a temporary folder is made here and
+    removed by ``stop()`` (or at once if the plans cannot be localised), so a caller that stops
+    the deployment in a ``finally`` leaks nothing; a given ``workdir`` is kept. emptyDir
+    volumes live apart, under a short temporary folder that ``stop()`` always removes (an
+    emptyDir ends with its pod): a container's ``TMPDIR`` is one, and the Unix sockets vLLM
+    (ZeroMQ) and Ray make there must fit in 107 bytes, which a folder under a test's
+    ``tmp_path`` did not.
     """
 
     def __init__(self, plans: Sequence[ContainerPlan], *, model_dir: str | Path | None = None,
@@ -164,6 +168,8 @@ class LocalDeployment:
         self.storage = {uri: str(Path(d).resolve()) for uri, d in (storage or {}).items()}
         self.own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
+        self.volumes_dir = Path(tempfile.mkdtemp(prefix="kl-", dir="/tmp"))
+        self._volumes: dict[tuple[str, str], Path] = {}
         self.extra_env = dict(extra_env or {})
         self.predictor_host = predictor_host
         self.echo = echo
@@ -278,7 +284,8 @@ class LocalDeployment:
         for mount in c.get("volumeMounts", []):
             vol = volumes.get(mount["name"], {})
             if "emptyDir" in vol and mount["mountPath"] != "/dev/shm":
-                local = self.workdir / "volumes" / plan.pod_name / mount["name"]
+                key = (plan.pod_name, mount["name"])  # one folder per pod and volume
+                local = self._volumes.setdefault(key, self.volumes_dir / str(len(self._volumes)))
                 local.mkdir(parents=True, exist_ok=True)
                 paths[mount["mountPath"]] = str(local)
             elif "secret" in vol and (local := self._secret_dir(plan, vol["secret"])):
@@ -399,6 +406,7 @@ class LocalDeployment:
             self._remove_own_workdir()
 
     def _remove_own_workdir(self) -> None:
+        shutil.rmtree(self.volumes_dir, ignore_errors=True)
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -120,8 +120,8 @@ class TestStandardCpu:
         [pred, _] = standard_cpu.containers
         # the manifest's paths reached the runtime: /mnt/models and the /scratch emptyDir
         assert f"--model_dir={_model_dir()}" in pred.argv
-        assert pred.env["HOME"].startswith(str(standard_cpu.workdir))
-        assert pred.env["TMPDIR"].startswith(str(standard_cpu.workdir))
+        assert pred.env["HOME"].startswith(str(standard_cpu.volumes_dir))
+        assert pred.env["TMPDIR"].startswith(str(standard_cpu.volumes_dir))
         # the gRPC port (h2c) is listened on too
         assert pred.port_map[8081] and httpx.get(
             f"http://127.0.0.1:{pred.port_map[8080]}/metrics").status_code == 200
@@ -360,12 +360,14 @@ def test_runner_removes_the_work_directory_it_made(tmp_path: Path,
         return plan(find_isvc(manifests), manifests, ("predictor",))
 
     dep = LocalDeployment(plans(), model_dir=tmp_path, echo=lambda _: None)
-    assert dep.workdir.parent == tmp_path / "tmp" and (dep.workdir / "volumes").is_dir()
+    assert dep.workdir.parent == tmp_path / "tmp" and dep.volumes_dir.is_dir()
+    # emptyDirs apart, under a short path: the Unix sockets made there fit in 107 bytes
+    assert len(str(dep.volumes_dir / "0" / ("x" * 66))) < 107
     try:
         dep.start()
     finally:
         dep.stop()
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == [] and not dep.volumes_dir.exists()
     broken = plans()
     broken[0].container["env"].append({"name": "X", "valueFrom": {"secretKeyRef": {}}})
     with pytest.raises(ManifestError, match="give it with --env"):
@@ -374,7 +376,8 @@ def test_runner_removes_the_work_directory_it_made(tmp_path: Path,
     kept = LocalDeployment(plans(), model_dir=tmp_path, workdir=tmp_path / "kept",
                            echo=lambda _: None)
     kept.stop()
-    assert (tmp_path / "kept" / "volumes").is_dir()
+    assert (tmp_path / "kept").is_dir()  # a given workdir stays
+    assert not kept.volumes_dir.exists()  # an emptyDir ends with its pod
 
 
 # A key in every form the runner may print: inside the container's `bash -c` script (as
