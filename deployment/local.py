@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,8 @@ class LocalDeployment:
         self.own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kserve-local-")).resolve()
         self.volumes_dir = Path(tempfile.mkdtemp(prefix="kl-", dir="/tmp"))
+        # and removed with this object (or at exit) if stop() is never called
+        weakref.finalize(self, shutil.rmtree, self.volumes_dir, True)
         self._volumes: dict[tuple[str, str], Path] = {}
         self.extra_env = dict(extra_env or {})
         self.predictor_host = predictor_host
