@@ -42,13 +42,15 @@ def test_metrics_by_protocol(http: httpx.Client, predictor) -> None:
     grpc_infer(predictor.grpc_port, ["Hello"], five)
     assert http.post(f"/v2/models/{MODEL}/infer",
                      json=v2_body(["Hello"], max_tokens=-1)).status_code == 400
-    # A request is counted when its handler returns, which can be just after the client has
-    # read the answer (the next request may be served first): wait for the last one's count.
+    # A request is counted as its last byte goes out, and leaves the in-flight gauge when
+    # its handler returns, just after the client has read the answer: wait for both.
     deadline = time.monotonic() + 5
     while True:
         after = http.get("/metrics").text
-        if _delta(before, after, "kserve_llm_requests_total", protocol="v2-rest",
-                  outcome="client_error") >= 1 or time.monotonic() > deadline:
+        settled = all(line.endswith(" 0.0") for line in after.splitlines() if line.startswith(
+            ("kserve_llm_requests_in_flight{", "kserve_llm_engine_requests_in_flight{")))
+        if (_delta(before, after, "kserve_llm_requests_total", protocol="v2-rest",
+                   outcome="client_error") >= 1 and settled) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert "vllm:" in after, "vLLM's engine series are missing"
